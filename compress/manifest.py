@@ -1,0 +1,63 @@
+"""The run manifest: what each stage was given, what it made (with sha256), how long it took, and
+the measured results per artifact. A manifest is enough to replay a run (its resolved config)."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from compress.errors import CompressError
+from compress.fsutil import sha256, write_json
+
+MANIFEST_VERSION = 1
+TRACKED_PACKAGES = ("compress", "torch", "onnx", "onnxruntime", "numpy", "torch-pruning", "scikit-learn", "mlxtend")
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back: named output files and its measured metrics."""
+
+    outputs: dict[str, Path]
+    metrics: dict = field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_record(path: Path, root: Path) -> dict:
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        shown = str(path)
+    return {"path": shown, "sha256": sha256(path), "bytes": path.stat().st_size}
+
+
+def new_manifest(config: dict) -> dict:
+    return {"manifest_version": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running", "config": config, "packages": package_versions(), "stages": {}, "results": {}}
+
+
+def load_manifest(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompressError(f"{path} is not valid JSON ({exc}): remove the run folder or pick another --out") from exc
+
+
+def save_manifest(run_dir: Path, manifest: dict) -> None:
+    write_json(Path(run_dir) / "manifest.json", manifest)

@@ -1,0 +1,97 @@
+"""Model statistics (params, MACs) for PyTorch and ONNX models, and classification metrics."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import shape_inference
+from sklearn.metrics import precision_recall_fscore_support
+from torch import nn
+
+
+def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Parameters and multiply-accumulates of one sample's forward pass."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
+    model.train(was_training)
+    return {"params": int(params), "macs": int(macs)}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    predictions = logits.argmax(axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)
+    return {"accuracy": float((predictions == labels).mean()), "precision_macro": float(precision),
+            "recall_macro": float(recall), "f1_macro": float(f1)}
+
+
+# ONNX ops whose weight count is a multiply-accumulate per output element (float and quantized forms)
+_CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}
+_MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+
+
+def onnx_stats(model: onnx.ModelProto) -> dict:
+    """Parameters (weights and biases of Conv/Gemm/MatMul, whatever their storage type) and MACs at
+    batch 1, read from the graph with shape inference, so it works for any ONNX model, fp32 or int8."""
+    model = _with_batch_one(model)
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    constants = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:  # weights stored as Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
+            constants[node.output[0]] = list(node.attribute[0].t.dims)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    macs = params = 0
+    for node in model.graph.node:
+        if node.op_type not in _CONV_OPS | _MATMUL_OPS:
+            continue
+        out_dims = shapes.get(node.output[0])
+        weight_dims = _constant_dims(node.input[_WEIGHT_INPUT[node.op_type]], constants, producers)
+        if node.op_type in _CONV_OPS:
+            if weight_dims is None or not out_dims or None in out_dims:
+                continue
+            # output elements x (input channels per group x kernel area) = output spatial size x weight count
+            macs += int(np.prod(out_dims[2:])) * int(np.prod(weight_dims))
+        else:
+            a_dims = shapes.get(node.input[0])
+            if out_dims and None not in out_dims and a_dims and a_dims[-1]:
+                macs += int(np.prod(out_dims)) * a_dims[-1]
+        if weight_dims is not None:
+            params += int(np.prod(weight_dims))
+        bias_index = {"Conv": 2, "Gemm": 2, "QLinearConv": 8}.get(node.op_type)
+        if bias_index is not None and len(node.input) > bias_index and node.input[bias_index]:
+            bias_dims = _constant_dims(node.input[bias_index], constants, producers)
+            params += int(np.prod(bias_dims)) if bias_dims else 0
+    return {"params": params, "macs": macs}
+
+
+def _constant_dims(name: str, constants: dict, producers: dict) -> list[int] | None:
+    """Shape of a stored weight, looking through the DequantizeLinear/Cast that QDQ graphs put before it;
+    None when the input is computed from activations (no parameters)."""
+    for _ in range(4):
+        if name in constants:
+            return constants[name]
+        node = producers.get(name)
+        if node is None or node.op_type not in ("DequantizeLinear", "Cast", "Identity"):
+            return None
+        name = node.input[0]
+    return None
+
+
+def _with_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of the model with every symbolic input dimension set to 1, so shapes resolve to numbers."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    initializer_names = {init.name for init in model.graph.initializer}
+    for graph_input in model.graph.input:
+        if graph_input.name in initializer_names:
+            continue
+        for dim in graph_input.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    return model

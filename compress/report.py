@@ -1,0 +1,125 @@
+"""The human report of a run: side-by-side tables of every artifact and an accuracy/latency plot.
+Every number comes from the manifest, which the stages measured."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.fsutil import atomic_path, write_text
+
+ARTIFACT_ORDER = ("teacher", "student_baseline", "student", "pruned", "int8")
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Every artifact against the teacher: accuracy, latency, size, params, MACs."""
+    teacher = results.get("teacher")
+    headers = ["artifact", "accuracy", "vs teacher", "F1 (macro)", "p50 ms", "p90 ms", "p99 ms", "speed-up",
+               "size KB", "smaller", "params", "MMACs"]
+    rows = []
+    for name in _ordered(results):
+        r = results[name]
+        rows.append([
+            name, f"{100 * r['accuracy']:.2f}%",
+            f"{100 * (r['accuracy'] - teacher['accuracy']):+.2f} pts" if teacher else "-",
+            f"{100 * r['f1_macro']:.2f}%", f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
+            f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else "-", f"{r['size_bytes'] / 1024:.1f}",
+            f"{teacher['size_bytes'] / r['size_bytes']:.1f}x" if teacher else "-", f"{r['params']:,}",
+            f"{r['macs'] / 1e6:.2f}",
+        ])
+    return markdown_table(headers, rows)
+
+
+def plot_accuracy_latency(results: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name in _ordered(results):
+        r = results[name]
+        size = 30 + 400 * (r["size_bytes"] / max(x["size_bytes"] for x in results.values()))
+        ax.scatter(r["p50_ms"], 100 * r["accuracy"], s=size, alpha=0.7)
+        ax.annotate(f"{name}\n{r['size_bytes'] / 1024:.0f} KB", (r["p50_ms"], 100 * r["accuracy"]),
+                    textcoords="offset points", xytext=(8, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, manifest: dict) -> Path:
+    results, stages, config = manifest["results"], manifest["stages"], manifest["config"]
+    bench_cfg = config["benchmark"]
+    plot_name = "accuracy_vs_latency.png"
+    plot_accuracy_latency(results, run_dir / plot_name,
+                          f"{config['data']['source']}: accuracy vs latency ({bench_cfg['provider']}, "
+                          f"{bench_cfg['threads']} thread)")
+    ship = manifest.get("ship", {})
+    parts = [
+        "# compress run report\n",
+        f"Dataset **{config['data']['source']}** (train/val/test: {manifest['data']['train']}/{manifest['data']['val']}/"
+        f"{manifest['data']['test']} samples). "
+        f"Latency: onnxruntime {manifest['packages'].get('onnxruntime')} `{bench_cfg['provider']}`, "
+        f"{bench_cfg['threads']} intra-op thread(s), batch 1, after {bench_cfg['warmup_runs']} warm-up runs. "
+        f"Throughput at batch {bench_cfg['throughput_batch']} is in `benchmark/benchmark.md`.\n",
+        "## Teacher vs student vs pruned vs int8\n", results_table(results),
+        f"\n![accuracy vs latency]({plot_name})\n",
+    ]
+    if ship:
+        parts.append(f"## What to ship\n\n**{ship['artifact']}** (`{ship['path']}`): {ship['reason']}\n")
+    distill = stages.get("distill", {}).get("metrics", {})
+    if "student_baseline" in distill:
+        student, baseline = distill["student"], distill["student_baseline"]
+        parts += ["## What distillation bought\n", markdown_table(
+            ["student", "val accuracy", "test accuracy", "train s"],
+            [["without distillation (hard labels)", f"{100 * baseline['val_accuracy']:.2f}%",
+              f"{100 * baseline['test_accuracy']:.2f}%", baseline["train_s"]],
+             [f"distilled (T={distill['temperature']}, alpha={distill['alpha']}, {distill['mode']})",
+              f"{100 * student['val_accuracy']:.2f}%", f"{100 * student['test_accuracy']:.2f}%", student["train_s"]]]),
+            f"\nBoth start from the same weights ({distill['init']}) and use the same schedule.\n"]
+    elif distill:
+        parts.append(f"## Distillation\n\nT={distill['temperature']}, alpha={distill['alpha']}, {distill['mode']}; "
+                     f"student init: {distill['init']}. Run with `--baseline` to compare against the same student "
+                     "trained without distillation.\n")
+    prune = stages.get("prune", {}).get("metrics", {})
+    if prune:
+        before, after = prune["before"], prune["after_prune"]
+        rows = [[layer, channels, after["channels"].get(layer, "-")] for layer, channels in before["channels"].items()]
+        parts += [f"## Pruning\n\nParams {before['params']:,} -> {after['params']:,} "
+                  f"({100 * prune['params_reduction']:.1f}% fewer); MACs {before['macs'] / 1e6:.2f}M -> "
+                  f"{after['macs'] / 1e6:.2f}M ({100 * prune['macs_reduction']:.1f}% fewer). Validation accuracy "
+                  f"{100 * before['val_accuracy']:.2f}% before, {100 * after['val_accuracy']:.2f}% right after pruning, "
+                  f"{100 * prune['after_finetune']['val_accuracy']:.2f}% after the distillation fine-tune.\n",
+                  markdown_table(["layer", "channels before", "channels after"], rows)]
+    quant = stages.get("quantize", {}).get("metrics", {})
+    if quant:
+        parts.append(f"\n## Quantization\n\nStatic int8 ({quant['format']}, {quant['types']}, {quant['method']} "
+                     f"calibration on {quant['calibration_samples']} training samples): test accuracy "
+                     f"{100 * quant['fp32_accuracy']:.2f}% fp32 -> {100 * quant['int8_accuracy']:.2f}% int8, "
+                     f"top-1 agreement {100 * quant['top1_agreement']:.2f}%.\n")
+    export = stages.get("export", {}).get("metrics", {})
+    if export:
+        parts += ["\n## Export parity (onnxruntime vs PyTorch)\n", markdown_table(
+            ["model", "samples", "max abs diff", "top-1 agreement"],
+            [[name, p["samples"], f"{p['max_abs_diff']:.2e}", f"{100 * p['top1_agreement']:.2f}%"] for name, p in export.items()])]
+    parts += ["\n## Stages\n", markdown_table(
+        ["stage", "status", "wall s"],
+        [[name, s["status"], f"{s['wall_s']:.1f}"] for name, s in stages.items()])]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(parts))
+    return path
+
+
+def _ordered(results: dict) -> list[str]:
+    return [n for n in ARTIFACT_ORDER if n in results] + [n for n in results if n not in ARTIFACT_ORDER]

@@ -1,0 +1,189 @@
+"""Knowledge distillation (Hinton et al. 2015): train a smaller student on the teacher's softened
+outputs, offline (frozen teacher) or online (teacher and student learn together), optionally with
+a FitNets feature hint, starting from the teacher's most important channels where shapes allow."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.data import Dataset
+from compress.errors import CompressError
+from compress.manifest import StageResult
+from compress.metrics import model_stats
+from compress.train import TrainConfig, evaluate, fit, seed_everything
+from compress.zoo import ModelSpec, build_model, load_model, save_model
+
+MODES = ("offline", "online")
+
+
+@dataclass
+class DistillConfig:
+    """Distill a student from the teacher."""
+
+    student: ModelSpec = field(default_factory=lambda: ModelSpec("resnet", 0.5, 14))  # student architecture
+    temperature: float = 4.0  # T: softens both distributions; the KL term is scaled by T^2
+    alpha: float = 0.9  # weight of the soft (KL) term; 1 - alpha weighs hard-label cross-entropy
+    mode: str = "offline"  # offline: frozen teacher; online: teacher trained alongside (mutual learning)
+    online_teacher_alpha: float = 0.1  # online mode: weight of the student's KL in the teacher's loss
+    init_from_teacher: bool = True  # start from the teacher's most important channels when the shapes allow
+    hint: str = ""  # FitNets hint "teacher_module:student_module" (e.g. "stages.1:stages.1"); empty = none
+    hint_weight: float = 1.0  # weight of the hint's MSE term
+    baseline: bool = False  # also train the same student without distillation, to show what KD bought
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
+        for name in ("alpha", "online_teacher_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"distill.{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.mode not in MODES:
+            raise ValueError(f"distill.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.hint and self.hint.count(":") != 1:
+            raise ValueError(f"distill.hint must look like 'teacher_module:student_module', got {self.hint!r}")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+
+    The T^2 factor keeps the soft-target gradients at the same scale as the hard ones when T changes."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean") * temperature ** 2
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1 - alpha) * hard
+
+
+def run(cfg: DistillConfig, teacher_path: Path, data: Dataset, out_dir: Path) -> StageResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load_model(teacher_path)
+    seed_everything(cfg.train.seed)
+    student = build_model(cfg.student, data.input_shape, data.num_classes)
+    init_note = init_student(student, teacher, data.input_shape) if cfg.init_from_teacher else "random init (disabled)"
+    initial_state = copy.deepcopy(student.state_dict())
+
+    metrics: dict = {"init": init_note, "mode": cfg.mode, "temperature": cfg.temperature, "alpha": cfg.alpha}
+    result = distill(student, teacher, data, cfg)
+    save_model(student, out_dir / "student.pt")
+    outputs = {"student": out_dir / "student.pt"}
+    metrics["student"] = {"val_accuracy": result.best_val_accuracy, "test_accuracy": evaluate(student, data.test),
+                          "best_epoch": result.best_epoch, "train_s": round(result.wall_s, 2),
+                          "history": result.history, **model_stats(student, data.input_shape)}
+    if cfg.mode == "online":
+        save_model(teacher, out_dir / "teacher_online.pt")
+        outputs["teacher_online"] = out_dir / "teacher_online.pt"
+    if cfg.baseline:
+        # Same architecture, same start, same schedule, hard labels only: the difference is what KD bought.
+        baseline = build_model(cfg.student, data.input_shape, data.num_classes)
+        baseline.load_state_dict(initial_state)
+        base_result = train_supervised(baseline, data, cfg.train, "baseline")
+        save_model(baseline, out_dir / "student_baseline.pt")
+        outputs["student_baseline"] = out_dir / "student_baseline.pt"
+        metrics["student_baseline"] = {"val_accuracy": base_result.best_val_accuracy,
+                                       "test_accuracy": evaluate(baseline, data.test),
+                                       "best_epoch": base_result.best_epoch, "train_s": round(base_result.wall_s, 2)}
+    return StageResult(outputs, metrics)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Dataset, cfg: DistillConfig, desc: str = "distill"):
+    """Train ``student`` against ``teacher`` in place; returns the TrainResult."""
+    online = cfg.mode == "online"
+    if not online:
+        teacher.eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+    hint = FeatureHint(cfg.hint, teacher, student, data.input_shape) if cfg.hint else None
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor):
+        with torch.set_grad_enabled(online):
+            teacher_logits = teacher(x)
+        student_logits = student(x)
+        loss = distillation_loss(student_logits, teacher_logits.detach(), y, cfg.temperature, cfg.alpha)
+        if online:
+            loss = loss + distillation_loss(teacher_logits, student_logits.detach(), y, cfg.temperature,
+                                            cfg.online_teacher_alpha)
+        if hint is not None:
+            loss = loss + cfg.hint_weight * hint.loss()
+        return loss, student_logits
+
+    extra = ([teacher] if online else []) + ([hint.regressor] if hint else [])
+    try:
+        return fit(student, data, cfg.train, loss_fn, desc, extra_modules=extra)
+    finally:
+        if hint is not None:
+            hint.remove()
+        if not online:
+            teacher.eval()  # fit() puts extra modules in train mode; the frozen teacher never is
+
+
+def train_supervised(model: nn.Module, data: Dataset, cfg: TrainConfig, desc: str):
+    def loss_fn(x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    return fit(model, data, cfg, loss_fn, desc)
+
+
+class FeatureHint:
+    """FitNets (Romero et al. 2015): the student's intermediate feature, through a learned 1x1
+    regressor, is pulled towards the teacher's feature at a chosen layer (MSE)."""
+
+    def __init__(self, spec: str, teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]):
+        teacher_name, student_name = spec.split(":")
+        self._features: dict[str, torch.Tensor] = {}
+        self._handles = [self._hook(teacher, teacher_name, "teacher"), self._hook(student, student_name, "student")]
+        with torch.no_grad():
+            was_training = student.training
+            student.eval()
+            teacher(torch.zeros(2, *input_shape))
+            student(torch.zeros(2, *input_shape))
+            student.train(was_training)
+        t_feat, s_feat = self._features["teacher"], self._features["student"]
+        if t_feat.dim() != s_feat.dim():
+            raise CompressError(f"hint layers {spec!r} give features of different ranks {tuple(t_feat.shape)} and {tuple(s_feat.shape)}")
+        if s_feat.dim() == 4:
+            self.regressor: nn.Module = nn.Conv2d(s_feat.shape[1], t_feat.shape[1], 1)
+        else:
+            self.regressor = nn.Linear(s_feat.shape[1], t_feat.shape[1])
+
+    def _hook(self, model: nn.Module, name: str, key: str):
+        modules = dict(model.named_modules())
+        if name not in modules:
+            options = ", ".join(n for n in modules if n and n.count(".") <= 1)
+            raise CompressError(f"hint layer {name!r} not found in the {key}; modules include: {options}")
+
+        def store(_module, _inputs, output):
+            self._features[key] = output
+
+        return modules[name].register_forward_hook(store)
+
+    def loss(self) -> torch.Tensor:
+        student_feature = self.regressor(self._features["student"])
+        teacher_feature = self._features["teacher"].detach()
+        if student_feature.dim() == 4 and student_feature.shape[-2:] != teacher_feature.shape[-2:]:
+            teacher_feature = F.adaptive_avg_pool2d(teacher_feature, student_feature.shape[-2:])
+        return F.mse_loss(student_feature, teacher_feature)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def init_student(student: nn.Module, teacher: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """Copy the teacher's most important channels (L1 norm, dependency-aware) into the student when
+    the student is the teacher's architecture at a smaller width. Returns what was done."""
+    from compress.pruning import shrink_to_match
+
+    if type(student) is not type(teacher):
+        return f"random init (teacher is {type(teacher).__name__}, student {type(student).__name__})"
+    try:
+        shrunk = shrink_to_match(copy.deepcopy(teacher), student, input_shape)
+    except CompressError as exc:
+        return f"random init ({exc})"
+    student.load_state_dict(shrunk.state_dict())
+    return "teacher's most important channels (L1)"
