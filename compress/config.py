@@ -120,8 +120,10 @@ def _assign(raw: dict, keys: list[str], value: object) -> None:
     raw[keys[-1]] = value
 
 
-def build(cls: type, raw: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+def build(cls: type, raw: dict, prefix: str = "", default=None):
+    """Build dataclass ``cls`` from a nested dict, checking keys and types. Keys the dict leaves out
+    keep ``default``'s values (a nested section keeps its parent's defaults, e.g. prune.finetune's
+    own epochs), or the class defaults when there is no ``default``."""
     if not isinstance(raw, dict):
         raise CompressError(f"{prefix.rstrip('.') or 'config'} must be a section (mapping), got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -130,18 +132,18 @@ def build(cls: type, raw: dict, prefix: str = ""):
     if unknown:
         raise CompressError(f"unknown config key {prefix}{unknown[0]}: valid keys of "
                             f"{prefix.rstrip('.') or 'the config'} are {', '.join(fields)}")
+    if default is None:
+        default = cls()
     values = {}
     for name, value in raw.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = build(hint, value, f"{prefix}{name}.")
+            values[name] = build(hint, value, f"{prefix}{name}.", getattr(default, name))
         else:
             values[name] = _check_type(value, hint, f"{prefix}{name}")
     try:
-        return cls(**values)
-    except ValueError as exc:
-        raise CompressError(f"invalid config: {exc}") from exc
-    except CompressError as exc:
+        return dataclasses.replace(default, **values)
+    except (ValueError, CompressError) as exc:
         raise CompressError(f"invalid config: {exc}") from exc
 
 

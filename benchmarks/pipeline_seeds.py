@@ -1,0 +1,76 @@
+"""Run the default pipeline with --baseline over several training seeds and tabulate
+teacher / student without distillation / distilled student / pruned / int8.
+
+    python benchmarks/pipeline_seeds.py --seeds 0 1 2
+
+The data split (and so the packaged teacher) stays fixed; the seeds change student
+initialisation order, shuffling, augmentation and calibration samples. Writes
+benchmarks/results/pipeline_seeds.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from compress.config import load_config  # noqa: E402
+from compress.fsutil import write_json, write_text  # noqa: E402
+from compress.pipeline import run_pipeline  # noqa: E402
+from compress.report import markdown_table  # noqa: E402
+
+ARTIFACTS = ("teacher", "student_baseline", "student", "pruned", "int8")
+LABELS = {"teacher": "teacher (packaged)", "student_baseline": "student without distillation",
+          "student": "distilled student", "pruned": "pruned student", "int8": "int8 pruned student"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "pipeline_seeds")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_seeds")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    args = parser.parse_args()
+
+    runs = []
+    for seed in args.seeds:
+        overrides = ["distill.baseline=true", f"distill.train.seed={seed}", f"prune.finetune.seed={seed}",
+                     f"quantize.seed={seed}", *args.overrides]
+        started = time.perf_counter()
+        manifest = run_pipeline(load_config(None, overrides), args.work / f"seed{seed}", force=True)
+        runs.append({"seed": seed, "wall_s": time.perf_counter() - started, "results": manifest["results"],
+                     "ship": manifest["ship"]["artifact"]})
+
+    summary = {}
+    for name in ARTIFACTS:
+        values = [r["results"][name] for r in runs if name in r["results"]]
+        summary[name] = {key: {"mean": float(np.mean([v[key] for v in values])), "std": float(np.std([v[key] for v in values]))}
+                         for key in ("accuracy", "p50_ms", "size_bytes", "params", "macs")}
+    command = "python benchmarks/pipeline_seeds.py " + shlex.join(sys.argv[1:])
+    write_json(args.out.with_suffix(".json"), {"command": command, "seeds": args.seeds, "runs": runs, "summary": summary})
+
+    rows = []
+    for name in ARTIFACTS:
+        s = summary[name]
+        rows.append([LABELS[name], f"{100 * s['accuracy']['mean']:.2f} ± {100 * s['accuracy']['std']:.2f}",
+                     f"{s['p50_ms']['mean']:.3f} ± {s['p50_ms']['std']:.3f}", f"{s['size_bytes']['mean'] / 1024:.1f}",
+                     f"{s['params']['mean']:,.0f}", f"{s['macs']['mean'] / 1e6:.2f}"])
+    text = (f"# Default pipeline over seeds {', '.join(map(str, args.seeds))}\n\n"
+            f"Command: `{command}`\n\n"
+            "Accuracy on the mnist test split (500 images), mean ± std over seeds; p50 latency at batch 1 on onnxruntime "
+            "CPUExecutionProvider with 1 thread. The teacher is the packaged one (same for every seed).\n\n"
+            + markdown_table(["artifact", "accuracy %", "p50 ms", "size KB", "params", "MMACs"], rows)
+            + "\nWall time per run: " + ", ".join(f"{r['wall_s']:.0f} s" for r in runs) + "; shipped: "
+            + ", ".join(r["ship"] for r in runs) + ".\n")
+    write_text(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
