@@ -32,7 +32,44 @@ def _fresh(path: Path, force: bool) -> None:
 def _threads(cfg) -> None:
     import torch
 
-    torch.set_num_threads(cfg.threads)
+    from compress.distributed import threads_per_process
+
+    torch.set_num_threads(threads_per_process(cfg.threads))
+
+
+NPROC_HELP = ("Train data-parallel in N processes on this machine (starts torchrun; gloo on CPU, nccl on GPU). "
+              "For several machines run torchrun -m compress yourself.")
+RESUME_HELP = "Continue a killed run from its last epoch checkpoint (kept in .OUT.checkpoints/ beside --out)."
+
+
+def _relaunched(nproc: int, command: str) -> bool:
+    """With --nproc N > 1, run this command line again under torchrun in N processes (True: done here).
+    Under torchrun, join its process group."""
+    from compress import distributed
+
+    if nproc < 1:
+        raise CompressError(f"--nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        distributed.setup()
+        return False
+    if sys.argv[1:2] != [command]:
+        raise CompressError("--nproc relaunches the command line: use it from the compress command, or run torchrun")
+    code = distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
+    if code:
+        sys.exit(code)
+    return True
+
+
+def _is_main() -> bool:
+    from compress.distributed import context
+
+    return context().is_main
+
+
+def _file_hash(path) -> str:
+    from compress.fsutil import sha256
+
+    return sha256(path) if path and Path(path).is_file() else "missing"
 
 
 class FriendlyGroup(click.Group):
@@ -44,9 +81,19 @@ class FriendlyGroup(click.Group):
         except CompressError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:
+            from compress.fsutil import DISK_FULL, disk_full_error
+
+            if exc.errno not in DISK_FULL:
+                raise
+            click.echo(f"error: {disk_full_error(exc.filename or 'the output')}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished stages are kept; rerun with --resume", err=True)
             sys.exit(130)
+        finally:
+            if "compress.distributed" in sys.modules:
+                sys.modules["compress.distributed"].teardown()
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,9 +113,11 @@ def main():
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--baseline", is_flag=True, help="Also train the student without distillation, for comparison.")
-@click.option("--resume", is_flag=True, help="Continue in an existing run folder, reusing unchanged stages.")
+@click.option("--resume", is_flag=True, help="Continue in an existing run folder, reusing unchanged stages and "
+              "continuing a killed stage's training from its last epoch checkpoint.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder's stages.")
-def pipeline(config_path, out_dir, overrides, data, baseline, resume, force):
+@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
+def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, nproc):
     """Run teacher -> distill -> prune -> export -> quantize -> benchmark, and write a report.
 
     \b
@@ -76,12 +125,17 @@ def pipeline(config_path, out_dir, overrides, data, baseline, resume, force):
       compress pipeline --out runs/default
       compress pipeline --config my.toml --out runs/exp1 --set prune.amount=0.5
       compress pipeline --out runs/default --resume --set quantize.method=entropy
+      compress pipeline --out runs/ddp --nproc 2
     """
     from compress.pipeline import run_pipeline, summary
 
+    if _relaunched(nproc, "pipeline"):
+        return
     overrides = list(overrides) + (["distill.baseline=true"] if baseline else [])
     cfg = _config(config_path, overrides, data)
     manifest = run_pipeline(cfg, Path(out_dir), resume=resume, force=force)
+    if not _is_main():
+        return
     click.echo("\n" + summary(manifest))
     click.echo(f"ship: {manifest['ship']['artifact']} ({manifest['ship']['path']}): {manifest['ship']['reason']}")
     click.echo(f"report: {Path(out_dir) / 'report.md'}")
@@ -108,23 +162,32 @@ def show_config(config_path, overrides):
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for teacher.pt.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def teacher_command(data, config_path, overrides, out_dir, force):
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
+@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
+def teacher_command(data, config_path, overrides, out_dir, force, resume, nproc):
     """Train (or load) a teacher from the zoo.
 
     \b
     Example:
       compress teacher --data digits --set teacher.source=train --set teacher.model.arch=mlp --out runs/t
     """
+    from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import staging_dir
+    from compress.distributed import output_dir
+    from compress.train import resumable, run_key
     from stages import teacher
 
+    if _relaunched(nproc, "teacher"):
+        return
     cfg = _config(config_path, overrides, data)
     _fresh(Path(out_dir), force)
     _threads(cfg)
-    with staging_dir(Path(out_dir)) as tmp:
+    key = run_key(command="teacher", config=to_dict(cfg.teacher), data=to_dict(cfg.data),
+                  teacher_file=_file_hash(cfg.teacher.path))
+    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
         result = teacher.run(cfg.teacher, cfg.data, load_dataset(cfg.data), tmp)
-    _echo_metrics(result.metrics)
+    if _is_main():
+        _echo_metrics(result.metrics)
 
 
 @main.command()
@@ -135,23 +198,32 @@ def teacher_command(data, config_path, overrides, out_dir, force):
 @click.option("--baseline", is_flag=True, help="Also train the student without distillation.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for student.pt.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def distill(teacher_path, data, config_path, overrides, baseline, out_dir, force):
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
+@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
+def distill(teacher_path, data, config_path, overrides, baseline, out_dir, force, resume, nproc):
     """Distill a smaller student from a teacher.
 
     \b
     Example:
       compress distill --teacher runs/default/teacher/teacher.pt --set distill.student.width=0.25 --out runs/s
+      compress distill --teacher teacher.pt --data digits --out runs/s2 --nproc 2
     """
+    from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import staging_dir
+    from compress.distributed import output_dir
+    from compress.train import resumable, run_key
     from stages import distill as distill_stage
 
+    if _relaunched(nproc, "distill"):
+        return
     cfg = _config(config_path, list(overrides) + (["distill.baseline=true"] if baseline else []), data)
     _fresh(Path(out_dir), force)
     _threads(cfg)
-    with staging_dir(Path(out_dir)) as tmp:
+    key = run_key(command="distill", config=to_dict(cfg.distill), data=to_dict(cfg.data), teacher=_file_hash(teacher_path))
+    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
         result = distill_stage.run(cfg.distill, Path(teacher_path), load_dataset(cfg.data), tmp)
-    _echo_metrics(result.metrics)
+    if _is_main():
+        _echo_metrics(result.metrics)
 
 
 @main.command()
@@ -162,7 +234,9 @@ def distill(teacher_path, data, config_path, overrides, baseline, out_dir, force
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for pruned.pt.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force):
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
+@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
+def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force, resume, nproc):
     """Remove channels from a model, then fine-tune it by distillation.
 
     \b
@@ -175,16 +249,23 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force
       compress prune runs/default/distill/student.pt --teacher runs/default/teacher/teacher.pt \\
           --set prune.amount=0.5 --set prune.importance=taylor --out runs/p
     """
+    from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import staging_dir
+    from compress.distributed import output_dir
+    from compress.train import resumable, run_key
     from stages import prune as prune_stage
 
+    if _relaunched(nproc, "prune"):
+        return
     cfg = _config(config_path, overrides, data)
     _fresh(Path(out_dir), force)
     _threads(cfg)
-    with staging_dir(Path(out_dir)) as tmp:
+    key = run_key(command="prune", config=to_dict(cfg.prune), data=to_dict(cfg.data), model=_file_hash(model_path),
+                  teacher=_file_hash(teacher_path))
+    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
         result = prune_stage.run(cfg.prune, Path(model_path), Path(teacher_path), load_dataset(cfg.data), tmp)
-    _echo_metrics({k: v for k, v in result.metrics.items() if k != "after_finetune"})
+    if _is_main():
+        _echo_metrics({k: v for k, v in result.metrics.items() if k != "after_finetune"})
 
 
 @main.command()
@@ -235,37 +316,157 @@ def quantize(model_path, data, config_path, overrides, out_path, force):
     _echo_metrics(quantize_model(cfg.quantize, Path(model_path), load_dataset(cfg.data), Path(out_path)))
 
 
+@main.command(name="ship")
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="Bundle folder to write.")
+@click.option("--artifact", default=None,
+              help="Bundle this artifact (teacher, student, pruned, int8) instead of the one the pipeline chose.")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Known test images stored with their labels, for the apps' self-test.")
+@click.option("--optimization-style", type=click.Choice(["fixed", "runtime"]), default="fixed", show_default=True,
+              help="ORT format: fixed (optimizations baked in) or runtime (for NNAPI/CoreML).")
+@click.option("--target-platform", type=click.Choice(["arm", "amd64"]), default=None,
+              help="Bake this platform's optimizations into the .ort (default: portable).")
+@click.option("--type-reduction", is_flag=True, help="Record each operator's types too (smaller reduced builds).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+def ship_command(run_dir, out_dir, artifact, samples, optimization_style, target_platform, type_reduction, force):
+    """Bundle a finished run for edge apps: model.onnx, model.ort, operators config, model.json, samples.
+
+    \b
+    Examples:
+      compress ship runs/default --out runs/default/bundle
+      compress ship runs/default --out bundle-int8 --artifact int8
+      python edge_demo/python/classify.py runs/default/bundle --self-test
+    """
+    from compress.ship import ShipBundleConfig, ship
+
+    try:
+        cfg = ShipBundleConfig(artifact, samples, optimization_style, target_platform, type_reduction)
+    except ValueError as exc:
+        raise CompressError(str(exc)) from exc
+    bundle = ship(cfg, Path(run_dir), Path(out_dir), force=force)
+    why = "the pipeline's choice" if bundle["chosen_by_pipeline"] else "requested with --artifact"
+    check = bundle["verification"]
+    sizes = ", ".join(f"{name} {bundle['files'][name]['bytes'] / 1024:.1f} KB"
+                      for name in bundle["models"].values())
+    click.echo(f"bundled {bundle['artifact']} ({why}) into {out_dir}: {sizes}")
+    click.echo(f"verified: .ort and .onnx agree on all {check['test_samples']} test samples "
+               f"(accuracy {100 * check['onnx_accuracy']:.2f}%); {check['samples_verified']} known samples stored")
+    click.echo(f"try it: python edge_demo/python/classify.py {out_dir} --self-test")
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be comma-separated integers, e.g. 1,8,32") from None
+
+
 @main.command()
-@click.argument("model_paths", nargs=-1, required=True, type=click.Path())
-@click.option("--data", default=None, help=DATA_HELP + " Without it, inputs are random and no accuracy is given.")
-@click.option("--provider", default=None, help="Execution provider: cpu, cuda, tensorrt, openvino, ...")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default 1).")
+@click.argument("model_paths", nargs=-1, type=click.Path())
+@click.option("--list-providers", is_flag=True, help="List the execution providers onnxruntime knows, and exit.")
+@click.option("--data", default=None, help=DATA_HELP + " Gives accuracy; without it inputs are generated.")
+@click.option("--inputs", "inputs_path", type=click.Path(), help="An .npz with one array per model input (first axis = samples).")
+@click.option("--dim", "dims", multiple=True, help="Symbolic input dimension NAME=N or INPUT:AXIS=N (repeatable).")
+@click.option("--provider", default=None, help="Execution provider: cpu, cuda, tensorrt, openvino, directml, coreml, ...")
+@click.option("--provider-option", "provider_options", multiple=True, help="Provider option KEY=VALUE (repeatable).")
+@click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "layout", "all"]),
+              help="Graph optimization level (default all).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default 1; 0 = onnxruntime's default).")
+@click.option("--inter-op-threads", type=int, default=None, help="Inter-op threads (needs --execution-mode parallel).")
+@click.option("--execution-mode", type=click.Choice(["sequential", "parallel"]), help="Default sequential.")
+@click.option("--warmup", type=click.Choice(["steady", "fixed"]), help="Warm up until steady (default) or a fixed count.")
+@click.option("--warmup-runs", type=int, help="Fixed warm-up count, or the minimum before steadiness (default 30).")
+@click.option("--min-runs", type=int, help="Timed runs at least (default 300).")
+@click.option("--min-seconds", type=float, help="Timed seconds at least (default 1.0).")
+@click.option("--mlperf", is_flag=True, help="MLPerf single-stream minimums: 1,024 runs and 600 s per model.")
+@click.option("--batch-sizes", callback=_int_list, help="Throughput batch sizes, e.g. 1,8,32 (the largest is the headline).")
+@click.option("--threads-sweep", callback=_int_list, help="Intra-op thread counts to time, e.g. 1,2,4.")
+@click.option("--inter-op-sweep", callback=_int_list, help="Inter-op thread counts to time (with --execution-mode parallel).")
+@click.option("--profile/--no-profile", default=None, help="Top operators from onnxruntime's profiler (default on).")
+@click.option("--profile-top", type=int, help="Operators listed per model (default 10).")
+@click.option("--cold-start/--no-cold-start", default=None,
+              help="Cold start and peak memory in a fresh process per model (default on).")
+@click.option("--plot", is_flag=True, help="Write latency_distribution.png and pareto.png into --out.")
+@click.option("--out", "out_dir", type=click.Path(), help="Folder for benchmark.json/.md, plots and profiler traces.")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the JSON results here.")
+@click.option("--markdown", "markdown_path", type=click.Path(), help="Also write the Markdown results here.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option("--config", "config_path", type=click.Path(), help="Config file (its [benchmark] and [data] sections).")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON here.")
-def benchmark(model_paths, data, provider, threads, config_path, overrides, json_path):
-    """Measure latency, throughput, size and accuracy of ONNX models side by side.
+def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_dir, json_path, markdown_path, force,
+              config_path, overrides, **flags):
+    """Measure latency, throughput, memory, operators and accuracy of ONNX models side by side.
 
     \b
     Examples:
       compress benchmark model.onnx --data mnist
-      compress benchmark teacher.onnx int8.onnx --data mnist --threads 2 --json bench.json
+      compress benchmark teacher.onnx int8.onnx --data mnist --batch-sizes 1,8,32 --plot --out bench/
+      compress benchmark bert.onnx --dim batch=1 --dim seq=128 --threads-sweep 1,2,4
+      compress benchmark model.onnx --provider cuda --provider-option device_id=0
+      compress benchmark --list-providers
     """
-    from compress.data import load_dataset
-    from compress.fsutil import write_json
-    from stages.benchmark import benchmark_model, results_markdown
+    import shlex
+    import tempfile
 
-    extra = [f"benchmark.provider={json.dumps(provider)}"] if provider else []
-    extra += [f"benchmark.threads={threads}"] if threads is not None else []
+    from compress.data import load_dataset
+    from compress.fsutil import staging_dir, write_text
+    from stages.benchmark import run, terminal_table
+
+    if list_providers:
+        return _echo_providers()
+    if not model_paths:
+        raise click.UsageError("give at least one MODEL.onnx (or --list-providers)")
+    if plot and not out_dir:
+        raise CompressError("--plot writes PNG files: give --out DIR for them")
+    values = {**flags, "inputs": inputs_path, "plot": plot or None,
+              "dims": list(flags["dims"]) or None, "provider_options": list(flags["provider_options"]) or None}
+    if flags["batch_sizes"]:
+        values["throughput_batch"] = max(flags["batch_sizes"])
+    extra = ["benchmark.min_runs=1024", "benchmark.min_seconds=600.0"] if mlperf else []
+    extra += [f"benchmark.{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
     cfg = _config(config_path, list(overrides) + extra, data)
-    dataset = load_dataset(cfg.data) if data or config_path else None
-    results = {}
+    dataset = load_dataset(cfg.data) if data or (config_path and "data" in _config_sections(config_path)) else None
+    paths = {}
     for path in model_paths:
-        name = Path(path).stem if Path(path).stem not in results else str(path)
-        results[name] = benchmark_model(Path(path), dataset, cfg.benchmark)
-    click.echo(results_markdown(results), nl=False)
-    if json_path:
-        write_json(json_path, {"config": vars(cfg.benchmark), "results": results})
+        paths[Path(path).stem if Path(path).stem not in paths else str(path)] = Path(path)
+    for target in (out_dir, json_path, markdown_path):
+        if target:
+            _fresh(Path(target), force)
+    command = shlex.join(["compress", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else None
+    with (staging_dir(Path(out_dir)) if out_dir else tempfile.TemporaryDirectory()) as tmp:
+        result = run(cfg.benchmark, paths, dataset, Path(tmp), command=command)
+        for target, key in ((json_path, "benchmark_json"), (markdown_path, "benchmark_md")):
+            if target:
+                write_text(target, result.outputs[key].read_text())
+    click.echo(terminal_table(result.metrics), nl=False)
+    first = next(iter(result.metrics.values()))
+    click.echo(f"{first['provider']}, {cfg.benchmark.threads} thread(s), latency batch {first['latency_batch'] or 'fixed'}; "
+               f"input transfer: {first['transfer'].get('reason', 'see the JSON')}")
+    for target in (out_dir, json_path, markdown_path):
+        if target:
+            click.echo(f"wrote {target}")
+
+
+def _config_sections(config_path) -> dict:
+    from compress.config import read_config_file
+
+    return read_config_file(config_path)
+
+
+def _echo_providers() -> None:
+    import onnxruntime as ort
+
+    from compress.onnxutil import provider_table
+
+    rows = provider_table()
+    width = max(len(row["provider"]) for row in rows)
+    click.echo(f"onnxruntime {ort.__version__} execution providers (use the short name or the full one with --provider):")
+    for row in rows:
+        state = "available" if row["available"] else f"not available: install {row['install']}"
+        click.echo(f"  {row['provider']:<{width}}  {row['alias']:<9}  {state}")
 
 
 def _echo_metrics(metrics: dict) -> None:

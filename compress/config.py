@@ -144,7 +144,9 @@ def build(cls: type, raw: dict, prefix: str = "", default=None):
     try:
         return dataclasses.replace(default, **values)
     except (ValueError, CompressError) as exc:
-        raise CompressError(f"invalid config: {exc}") from exc
+        # Nested sections (teacher.train, distill.train, prune.finetune) share one class: say which one failed.
+        where = f" [{prefix.rstrip('.')}]" if prefix else ""
+        raise CompressError(f"invalid config{where}: {exc}") from exc
 
 
 def _check_type(value, hint, key: str):

@@ -15,6 +15,7 @@ import numpy as np
 from compress.errors import CompressError
 
 BUILTIN_DATASETS = ("mnist", "digits")
+IMAGE_MODES = ("", "L", "RGB")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -27,6 +28,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of samples held out for model selection
     test_fraction: float = 0.1  # share of samples held out for the final numbers
     image_size: int | None = None  # resize folder images to this square size (needed when sizes are mixed)
+    image_mode: str = ""  # folder images: "" keeps their one kind (mixed grayscale and colour is refused), "L" or "RGB" converts all
     normalize: bool = True  # subtract the train-split mean and divide by its std, per channel
 
     def __post_init__(self) -> None:
@@ -36,6 +38,8 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be between 0 and 0.5, got {value}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"data.image_mode must be one of {', '.join(map(repr, IMAGE_MODES))}, got {self.image_mode!r}")
 
 
 @dataclass
@@ -132,7 +136,7 @@ def _load_raw(cfg: DataConfig):
         return digits.images.reshape(-1, 1, 8, 8), digits.target, [str(i) for i in range(10)], 16.0, "digits"
     path = Path(source)
     if path.is_dir():
-        return (*_load_image_folder(path, cfg.image_size), path.name)
+        return (*_load_image_folder(path, cfg.image_size, cfg.image_mode), path.name)
     if path.suffix == ".npz" and path.is_file():
         return (*_load_npz(path), path.stem)
     if path.suffix == ".npz" or "/" in source or path.exists():
@@ -140,7 +144,7 @@ def _load_raw(cfg: DataConfig):
     raise CompressError(f"unknown dataset {source!r}: use one of {', '.join(BUILTIN_DATASETS)}, an image folder or an .npz file")
 
 
-def _load_image_folder(root: Path, image_size: int | None):
+def _load_image_folder(root: Path, image_size: int | None, image_mode: str = ""):
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -167,8 +171,13 @@ def _load_image_folder(root: Path, image_size: int | None):
             sizes[image.size] += 1
             images.append((file, image))
             labels.append(label)
-    # Grayscale only when every image is; mixed modes are converted to RGB rather than refused.
-    mode = "L" if set(modes) <= {"L", "1", "P"} and all(_is_gray(img) for _, img in images) else "RGB"
+    gray = [file for file, img in images if _is_gray(img)]
+    mode = image_mode or ("L" if len(gray) == len(images) else "RGB")
+    if not image_mode and 0 < len(gray) < len(images):
+        colour = next(file for file, img in images if not _is_gray(img))
+        raise CompressError(f"images in {root} mix grayscale ({len(gray)}, e.g. {gray[0].name}) and colour "
+                            f"({len(images) - len(gray)}, e.g. {colour.name}): set data.image_mode to 'L' or 'RGB' "
+                            "to convert them all")
     if image_size is None and len(sizes) > 1:
         examples = ", ".join(f"{w}x{h}" for (w, h) in list(sizes)[:3])
         raise CompressError(f"images in {root} have mixed sizes ({examples}, ...): set data.image_size to resize them to one size")
@@ -183,7 +192,7 @@ def _load_image_folder(root: Path, image_size: int | None):
 
 
 def _is_gray(image) -> bool:
-    return image.mode in ("L", "1") or (image.mode == "P" and image.convert("RGB").convert("L").convert("RGB") == image.convert("RGB"))
+    return image.mode in ("L", "1", "LA", "I", "I;16", "F") or (image.mode == "P" and image.convert("RGB").convert("L").convert("RGB") == image.convert("RGB"))
 
 
 def _load_npz(path: Path):
@@ -199,6 +208,11 @@ def _load_npz(path: Path):
         raise CompressError(f"{path}: x has {len(x)} samples but y has {len(y)}; they must match")
     if not np.issubdtype(y.dtype, np.integer):
         raise CompressError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise CompressError(f"{path}: y must be one class index per sample (shape (N,)), got shape {y.shape}; "
+                            "for one-hot labels save y.argmax(1)")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise CompressError(f"{path}: x must hold numbers, got dtype {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
@@ -218,7 +232,8 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str], name: st
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise CompressError(f"dataset {name} has NaN or inf values in {bad} samples: clean or drop them")
     if y.min() < 0 or y.max() >= len(class_names):
-        raise CompressError(f"dataset {name} has labels outside 0..{len(class_names) - 1} (found {y.min()}..{y.max()})")
+        raise CompressError(f"dataset {name} has labels outside 0..{len(class_names) - 1} (found {y.min()}..{y.max()}): "
+                            f"labels must be class indices counted from 0, one per class name ({len(class_names)} here)")
     present = set(np.unique(y).tolist())
     absent = [class_names[i] for i in range(len(class_names)) if i not in present]
     if absent:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,9 +26,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in DISK_FULL:
+            raise disk_full_error(path) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path: str | Path) -> CompressError:
+    return CompressError(f"no space left on the device while writing {path}: nothing was written there; free some "
+                         "space (or choose another --out) and run again (a pipeline or training continues with --resume)")
 
 
 def _umask() -> int:
@@ -58,6 +72,11 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(tmp, final_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in DISK_FULL:
+            raise disk_full_error(final_dir) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,11 +13,26 @@ def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     """Parameters and multiply-accumulates of one sample's forward pass."""
     import torch_pruning as tp
 
+    if isinstance(model, torch.jit.ScriptModule):
+        return _script_module_stats(model, input_shape)
     was_training = model.training
     model.eval()
     macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
     model.train(was_training)
     return {"params": int(params), "macs": int(macs)}
+
+
+def _script_module_stats(model: torch.jit.ScriptModule, input_shape: tuple[int, ...]) -> dict:
+    """TorchScript modules take no forward hooks (Torch-Pruning's counter needs them): count MACs on its ONNX graph."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, *input_shape),), buffer, dynamo=False)
+    macs = onnx_stats(onnx.load_from_string(buffer.getvalue()))["macs"]
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": int(macs)}
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -33,10 +48,11 @@ _MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
 
 
-def onnx_stats(model: onnx.ModelProto) -> dict:
+def onnx_stats(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict:
     """Parameters (weights and biases of Conv/Gemm/MatMul, whatever their storage type) and MACs at
-    batch 1, read from the graph with shape inference, so it works for any ONNX model, fp32 or int8."""
-    model = _with_batch_one(model)
+    batch 1, read from the graph with shape inference, so it works for any ONNX model, fp32 or int8.
+    ``dims`` sets symbolic input dims past the first axis, by name ("seq") or "input:axis"; unset ones count as 1."""
+    model = _with_batch_one(model, dims or {})
     inferred = shape_inference.infer_shapes(model)
     shapes = {}
     for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -84,14 +100,16 @@ def _constant_dims(name: str, constants: dict, producers: dict) -> list[int] | N
     return None
 
 
-def _with_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of the model with every symbolic input dimension set to 1, so shapes resolve to numbers."""
+def _with_batch_one(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
+    """Copy of the model with every symbolic input dimension set, so shapes resolve to numbers: the first
+    axis (the batch) to 1, the others from ``dims`` (by "input:axis" or by name), else 1."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     initializer_names = {init.name for init in model.graph.initializer}
     for graph_input in model.graph.input:
         if graph_input.name in initializer_names:
             continue
-        for dim in graph_input.type.tensor_type.shape.dim:
+        for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
-                dim.dim_value = 1
+                named = dims.get(dim.dim_param, 1) if dim.dim_param else 1
+                dim.dim_value = 1 if axis == 0 else dims.get(f"{graph_input.name}:{axis}", named)
     return model

@@ -5,8 +5,10 @@ succeeds, then the manifest is rewritten atomically. With ``resume``, a stage wh
 input files are unchanged (and whose outputs are intact) is reused instead of run again."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -14,28 +16,31 @@ from pathlib import Path
 
 import torch
 
+from compress import distributed
 from compress.config import PipelineConfig, to_dict
 from compress.data import load_dataset
 from compress.errors import CompressError
-from compress.fsutil import run_lock, sha256, staging_dir
+from compress.fsutil import run_lock, sha256
 from compress.manifest import StageResult, file_record, load_manifest, new_manifest, save_manifest
 from compress.report import results_table, write_report
+from compress.train import checkpoint_files, checkpointing
 from stages import benchmark, distill, export, prune, quantize, teacher
 
 STAGES = ("teacher", "distill", "prune", "export", "quantize", "benchmark")
+CHECKPOINTS = ".checkpoints"  # run_dir/.checkpoints/<stage>/: per-epoch training checkpoints of the stage in progress
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force: bool = False) -> dict:
     run_dir = Path(run_dir)
-    with run_lock(run_dir):
-        previous = load_manifest(run_dir)
-        if previous is not None and not (resume or force):
-            state = "a finished run" if previous.get("status") == "complete" else "an unfinished run"
-            raise CompressError(f"{run_dir} already holds {state}: pass --resume to continue it (unchanged stages are "
-                                "reused), --force to replace it, or choose another --out")
+    # Under torchrun every process runs this function: all train (teacher, distill, prune), rank 0 alone
+    # locks the folder, decides what to reuse, writes, and runs export/quantize/benchmark.
+    is_main = distributed.context().is_main
+    with run_lock(run_dir) if is_main else contextlib.nullcontext():
+        old_stages = _previous_stages(run_dir, resume, force) if is_main else None
+        old_stages = distributed.broadcast_object(old_stages)
         manifest = new_manifest(to_dict(cfg))
-        old_stages = previous["stages"] if previous is not None and resume else {}
-        torch.set_num_threads(cfg.threads)
+        manifest["training_processes"] = distributed.context().world_size
+        torch.set_num_threads(distributed.threads_per_process(cfg.threads))
         data = load_dataset(cfg.data)
         manifest["data"] = {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                             "classes": data.class_names, "preprocessing": data.preprocessing()}
@@ -50,6 +55,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
                   lambda out: distill.run(cfg.distill, t["teacher"], data, out))
         p = stage("prune", cfg.prune, {"student": d["student"], "teacher": t["teacher"]},
                   lambda out: prune.run(cfg.prune, d["student"], t["teacher"], data, out))
+        if not is_main:
+            return manifest
+        distributed.teardown()  # export, quantize and benchmark run in rank 0 alone: timings must not share the CPU
         checkpoints = {"teacher": t["teacher"], "student": d["student"], "pruned": p["pruned"]}
         if "student_baseline" in d:
             checkpoints["student_baseline"] = d["student_baseline"]
@@ -66,7 +74,27 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         save_manifest(run_dir, manifest)
         write_report(run_dir, manifest)
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
         return manifest
+
+
+def _previous_stages(run_dir: Path, resume: bool, force: bool) -> dict:
+    """The stages a --resume may reuse; refuses to touch an earlier run without --resume or --force."""
+    previous = load_manifest(run_dir)
+    interrupted = any(checkpoint_files(folder) for folder in (run_dir / CHECKPOINTS).glob("*"))
+    if (previous is not None or interrupted) and not (resume or force):
+        state = "a finished run" if previous and previous.get("status") == "complete" else "an unfinished run"
+        raise CompressError(f"{run_dir} already holds {state}: pass --resume to continue it (unchanged stages are "
+                            "reused), --force to replace it, or choose another --out")
+    if not resume:
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    # A killed run leaves its stage's hidden staging folder and temporary files: nothing in them is kept.
+    for leftover in run_dir.glob(".*"):
+        if leftover.is_dir() and leftover.name.split(".")[1] in STAGES:
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.is_file() and leftover.name.endswith(".tmp"):
+            leftover.unlink(missing_ok=True)
+    return previous["stages"] if previous is not None and resume else {}
 
 
 def _run_stage(run_dir: Path, manifest: dict, old_stages: dict, name: str, stage_cfg, data_cfg,
@@ -76,25 +104,33 @@ def _run_stage(run_dir: Path, manifest: dict, old_stages: dict, name: str, stage
     fingerprint = hashlib.sha256(json.dumps({"config": config, "inputs": {k: v["sha256"] for k, v in input_records.items()}},
                                             sort_keys=True).encode()).hexdigest()
     old = old_stages.get(name)
+    is_main = distributed.context().is_main
     if old and old.get("fingerprint") == fingerprint and _outputs_intact(run_dir, old):
-        manifest["stages"][name] = {**old, "status": "reused"}
-        save_manifest(run_dir, manifest)
-        print(f"[{name}] unchanged since the last run: reused")
+        if is_main:
+            manifest["stages"][name] = {**old, "status": "reused"}
+            save_manifest(run_dir, manifest)
+            print(f"[{name}] unchanged since the last run: reused")
         return {key: run_dir / record["path"] for key, record in old["outputs"].items()}
-    print(f"[{name}] running")
+    if is_main:
+        print(f"[{name}] running")
     started = time.perf_counter()
     final_dir = run_dir / name
-    with staging_dir(final_dir) as tmp_dir:
+    # Training checkpoints live outside the staging folder, which a killed run loses, and go once the stage is done.
+    checkpoint_dir = run_dir / CHECKPOINTS / name
+    with checkpointing(checkpoint_dir, key=fingerprint), distributed.output_dir(final_dir) as tmp_dir:
         result = work(tmp_dir)
         # Outputs were written inside the staging folder: record them at their final place.
         relative = {key: Path(path).relative_to(tmp_dir) for key, path in result.outputs.items()}
     outputs = {key: final_dir / rel for key, rel in relative.items()}
-    manifest["stages"][name] = {
-        "status": "done", "config": config["stage"], "fingerprint": fingerprint, "inputs": input_records,
-        "outputs": {key: file_record(path, run_dir) for key, path in outputs.items()},
-        "metrics": result.metrics, "wall_s": round(time.perf_counter() - started, 2),
-    }
-    save_manifest(run_dir, manifest)
+    if is_main:
+        manifest["stages"][name] = {
+            "status": "done", "config": config["stage"], "fingerprint": fingerprint, "inputs": input_records,
+            "outputs": {key: file_record(path, run_dir) for key, path in outputs.items()},
+            "metrics": result.metrics, "wall_s": round(time.perf_counter() - started, 2),
+        }
+        save_manifest(run_dir, manifest)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    distributed.barrier()  # the other processes read this stage's outputs next
     return outputs
 
 

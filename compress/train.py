@@ -1,16 +1,29 @@
 """One training loop for every stage that trains (teacher, distill, prune fine-tune).
 
 SGD or AdamW, cosine or step schedule, image augmentation (small shifts and rotations), gradient
-clipping, NaN detection, and the best checkpoint by validation accuracy.
+clipping, NaN detection, and the best checkpoint by validation accuracy. Under torchrun the loop is
+data-parallel (see compress.distributed). Given a checkpoint folder (argument or ``checkpointing``
+context) it saves a checkpoint after every epoch and resumes from a matching one.
+
+Randomness is drawn per epoch from (seed, epoch, rank): the shuffled order from PyTorch's
+DistributedSampler, augmentation from its own generator. So a run resumed at an epoch boundary sees
+exactly the batches and augmentations an uninterrupted run would, and the same seed on the same
+machine gives the same metrics.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import hashlib
+import json
 import math
 import random
+import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,11 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from compress.data import Dataset, Split, batches
+from compress import distributed
+from compress.data import Dataset, Split
 from compress.errors import CompressError
+from compress.fsutil import atomic_path, run_lock
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -30,7 +46,7 @@ class TrainConfig:
     """How to train: shared by the teacher, distill and prune (fine-tune) stages."""
 
     epochs: int = 10  # passes over the train split
-    batch_size: int = 64  # samples per step
+    batch_size: int = 64  # samples per step, over all processes when data-parallel (each takes batch_size / N)
     lr: float = 0.05  # peak learning rate
     optimizer: str = "sgd"  # sgd (momentum 0.9, Nesterov) or adamw
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
@@ -59,11 +75,73 @@ class TrainResult:
     best_val_accuracy: float
     best_epoch: int
     history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, lr
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # over all sessions when resumed
+    resumed_after_epoch: int = 0  # the checkpoint's epoch this run continued from (0: started fresh)
+    processes: int = 1  # data-parallel processes that trained
 
 
 # loss_fn(x, y) -> (loss to minimise, logits of the model being selected on validation)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where ``fit`` keeps its per-epoch checkpoints, and what they must belong to."""
+
+    directory: Path
+    key: str = ""  # identifies the config and inputs; a checkpoint with another key is not resumed
+
+
+_CHECKPOINTING: contextvars.ContextVar[Checkpointing | None] = contextvars.ContextVar("checkpointing", default=None)
+
+
+@contextlib.contextmanager
+def checkpointing(directory: str | Path, key: str = "") -> Iterator[Checkpointing]:
+    """Every ``fit`` inside the block checkpoints into ``directory`` (one file per ``desc``) and resumes
+    from a checkpoint there with the same ``key``. Lets the pipeline and the CLI checkpoint the
+    stages' training without threading a path through every stage."""
+    setting = Checkpointing(Path(directory), key)
+    token = _CHECKPOINTING.set(setting)
+    try:
+        yield setting
+    finally:
+        _CHECKPOINTING.reset(token)
+
+
+def run_key(**parts: object) -> str:
+    """A short fingerprint of what a training run depends on (configs, input hashes)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob("*.pt")) if Path(directory).is_dir() else []
+
+
+@contextlib.contextmanager
+def resumable(out_dir: Path, key: str, resume: bool, force: bool) -> Iterator[Path]:
+    """Checkpoint the training of a standalone command writing ``out_dir`` into the hidden sibling
+    ``.<name>.checkpoints/`` (locked against a second process), resume from it with ``resume``, and
+    remove it once the command succeeds. A failed or killed run keeps its checkpoints for --resume."""
+    folder = Path(out_dir).parent / f".{Path(out_dir).name}.checkpoints"
+    if not distributed.context().is_main:
+        with checkpointing(folder, key):
+            yield folder
+        return
+    try:
+        with run_lock(folder):
+            if checkpoint_files(folder) and not resume:
+                if not force:
+                    raise CompressError(f"{folder} holds checkpoints of an unfinished run: pass --resume to continue "
+                                        "it or --force to start over")
+                for path in checkpoint_files(folder):
+                    path.unlink()
+            with checkpointing(folder, key):
+                yield folder
+            for path in checkpoint_files(folder):
+                path.unlink()
+    finally:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
 
 
 def seed_everything(seed: int) -> None:
@@ -73,54 +151,197 @@ def seed_everything(seed: int) -> None:
 
 
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc: str,
-        extra_modules: Sequence[nn.Module] = ()) -> TrainResult:
+        extra_modules: Sequence[nn.Module] = (), checkpoint_dir: str | Path | None = None,
+        frozen_modules: Sequence[nn.Module] = ()) -> TrainResult:
     """Train ``model`` (and ``extra_modules``, e.g. an online teacher or hint regressors) and
-    restore the weights of the epoch with the best validation accuracy."""
+    restore the weights of the epoch with the best validation accuracy.
+
+    ``checkpoint_dir`` (default: the enclosing ``checkpointing`` block's) gets ``<desc>.pt`` after every
+    epoch and a matching checkpoint there is resumed. ``frozen_modules`` (an offline teacher) are only
+    moved to the training device. Under torchrun the trainable modules are wrapped in DDP, each
+    process takes ``batch_size / N`` samples of every step's batch, and metrics are summed over processes."""
     started = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    ctx = distributed.context()
+    device = torch.device(ctx.device)
     modules = [model, *extra_modules]
+    start = _weights_digest(modules)
+    for module in (*modules, *frozen_modules):
+        module.to(device)
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(params, cfg)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    local_batch = math.ceil(cfg.batch_size / ctx.world_size)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / ctx.world_size) / local_batch)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
-    best_accuracy = evaluate(model, data.val)
-    best_state, best_epoch = [copy.deepcopy(m.state_dict()) for m in modules], 0
-    history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
-        for module in modules:
-            module.train()
-        total_loss, seen = 0.0, 0
-        progress = tqdm(batches(data.train, cfg.batch_size, shuffle=True, rng=rng), total=steps_per_epoch,
-                        desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True, disable=None)
-        for step, (x_np, y_np) in enumerate(progress):
-            x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-            if cfg.augment and x.dim() == 4:
-                x = augment(x, generator)
-            loss, _ = loss_fn(x, y)
-            if not torch.isfinite(loss):
-                raise CompressError(f"{desc}: loss became {loss.item()} at epoch {epoch} step {step + 1} "
-                                    f"(lr {optimizer.param_groups[0]['lr']:.3g}): lower the learning rate or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(y)
-            seen += len(y)
-            progress.set_postfix(loss=f"{total_loss / seen:.4f}")
-        val_accuracy = evaluate(model, data.val)
-        history.append({"epoch": epoch, "loss": total_loss / max(seen, 1), "val_accuracy": val_accuracy,
-                        "lr": optimizer.param_groups[0]["lr"]})
-        tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {total_loss / max(seen, 1):.4f}  val acc {val_accuracy:.4f}")
-        if val_accuracy > best_accuracy:
-            best_accuracy, best_epoch = val_accuracy, epoch
+    store = _store(checkpoint_dir, desc)
+    identity = {"format": CHECKPOINT_FORMAT, "key": store.key if store else "", "desc": desc, "train": asdict(cfg),
+                "train_size": len(data.train), "module_count": len(modules), "start": start}
+    if ctx.enabled and ctx.is_main:
+        tqdm.write(f"{desc}: data-parallel over {ctx.world_size} processes ({ctx.backend}), "
+                   f"{local_batch} of every {cfg.batch_size} samples per process and step")
+    state = store.load(identity, modules, desc) if store else None
+    if state is not None:
+        for module, module_state in zip(modules, state["modules"]):
+            module.load_state_dict(module_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"], ctx)
+    previous_s = state["elapsed_s"] if state else 0.0
+    with distributed.data_parallel(modules, ctx):
+        if state is None:
+            start_epoch, history = 1, []
+            best_accuracy, best_epoch = _evaluate(model, data.val, ctx), 0
             best_state = [copy.deepcopy(m.state_dict()) for m in modules]
-    for module, state in zip(modules, best_state):
-        module.load_state_dict(state)
+        else:
+            start_epoch, history = state["epoch"] + 1, state["history"]
+            best_accuracy, best_epoch, best_state = state["best_accuracy"], state["best_epoch"], state["best_states"]
+            if ctx.is_main:
+                tqdm.write(f"{desc}: resuming after epoch {state['epoch']}/{cfg.epochs} from {store.path}")
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            for module in modules:
+                module.train()
+            order = distributed.epoch_indices(len(data.train), cfg.seed, epoch, ctx)
+            generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, ctx.rank))
+            total_loss, seen = 0.0, 0
+            progress = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
+                            dynamic_ncols=True, disable=None if ctx.is_main else True)
+            for step in progress:
+                idx = order[step * local_batch:(step + 1) * local_batch]
+                x, y = torch.from_numpy(data.train.x[idx]), torch.from_numpy(data.train.y[idx])
+                if cfg.augment and x.dim() == 4:
+                    x = augment(x, generator)
+                x, y = x.to(device), y.to(device)
+                loss, _ = loss_fn(x, y)
+                finite = bool(torch.isfinite(loss))
+                if not finite and not ctx.enabled:
+                    raise _diverged(desc, loss.item(), epoch, step, optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if ctx.enabled:
+                    # Every process must reach the same verdict or the others hang in the next all-reduce:
+                    # the averaged gradients are non-finite everywhere as soon as one process's loss is.
+                    norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
+                            else nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+                    if not (finite and torch.isfinite(norm)):
+                        raise _diverged(desc, loss.item(), epoch, step, optimizer, gradients=finite)
+                elif cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(y)
+                seen += len(y)
+                progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+            distributed.broadcast_buffers(modules)
+            correct, count = _correct(model, data.val, ctx)
+            loss_sum, seen_all, correct, count = distributed.all_reduce_sum([total_loss, seen, correct, count])
+            val_accuracy = correct / count
+            history.append({"epoch": epoch, "loss": loss_sum / max(seen_all, 1), "val_accuracy": val_accuracy,
+                            "lr": optimizer.param_groups[0]["lr"]})
+            if ctx.is_main:
+                tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {history[-1]['loss']:.4f}  val acc {val_accuracy:.4f}")
+            if val_accuracy > best_accuracy:
+                best_accuracy, best_epoch = val_accuracy, epoch
+                best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+            if store:
+                store.save({**identity, "epoch": epoch, "modules": [m.state_dict() for m in modules],
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "best_accuracy": best_accuracy, "best_epoch": best_epoch, "best_states": best_state,
+                            "history": history, "elapsed_s": previous_s + time.perf_counter() - started,
+                            "world_size": ctx.world_size, "rng": distributed.gather_objects(_rng_states())})
+    for module, module_state in zip(modules, best_state):
+        module.load_state_dict(module_state)
         module.eval()
-    return TrainResult(best_accuracy, best_epoch, history, time.perf_counter() - started)
+    for module in (*modules, *frozen_modules):
+        module.to("cpu")
+    return TrainResult(best_accuracy, best_epoch, history, previous_s + time.perf_counter() - started,
+                       state["epoch"] if state else 0, ctx.world_size)
+
+
+def _weights_digest(modules: Sequence[nn.Module]) -> str:
+    """Hash of the weights training starts from: a checkpoint only continues the run that began there
+    (a stage rebuilds them deterministically), never another fit that happens to share its name."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _diverged(desc: str, value: float, epoch: int, step: int, optimizer: torch.optim.Optimizer,
+              gradients: bool = False) -> CompressError:
+    where = f"at epoch {epoch} step {step + 1} (lr {optimizer.param_groups[0]['lr']:.3g})"
+    # Data-parallel: gradients are averaged, so one process's non-finite loss makes everyone's gradients non-finite.
+    what = "the gradients became non-finite (here or in another process)" if gradients else f"loss became {value}"
+    return CompressError(f"{desc}: {what} {where}: training stopped; lower the learning rate or check the data")
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _rng_states() -> dict:
+    """Global RNG states (a loss function may draw from them, e.g. dropout), as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def _set_rng_states(states: list[dict], ctx: distributed.Context) -> None:
+    if len(states) != ctx.world_size:
+        return  # resumed with another process count: the per-epoch streams still match, the global ones cannot
+    state = states[ctx.rank]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+@dataclass
+class _Store:
+    """One fit's checkpoint file. Rank 0 reads and writes it; the other ranks get its content broadcast."""
+
+    path: Path
+    key: str
+
+    def load(self, identity: dict, modules: Sequence[nn.Module], desc: str) -> dict | None:
+        state = None
+        if distributed.context().is_main and self.path.is_file():
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+                problem = _mismatch(state, identity, modules)
+            except Exception as exc:  # an unreadable checkpoint is not worth failing the run for
+                problem = f"unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+            if problem:
+                tqdm.write(f"{desc}: not resuming from {self.path}: {problem}; training from the start")
+                state = None
+        return distributed.broadcast_object(state)
+
+    def save(self, state: dict) -> None:
+        if distributed.context().is_main:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
+                torch.save(state, handle)
+
+
+def _store(checkpoint_dir: str | Path | None, desc: str) -> _Store | None:
+    setting = _CHECKPOINTING.get()
+    if checkpoint_dir is None and setting is None:
+        return None
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else setting.directory
+    key = setting.key if setting is not None and setting.directory == directory else ""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", desc).strip("-") or "fit"
+    return _Store(directory / f"{slug}.pt", key)
+
+
+def _mismatch(state: dict, identity: dict, modules: Sequence[nn.Module]) -> str:
+    for name, expected in identity.items():
+        if state.get(name) != expected:
+            what = {"key": "config or inputs", "start": "starting weights"}.get(name, name)
+            return f"it was made for another {what}"
+    for module, saved in zip(modules, state["modules"]):
+        current = module.state_dict()
+        if set(current) != set(saved) or any(current[k].shape != saved[k].shape for k in current):
+            return "its model has another architecture"
+    return ""
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.07, max_degrees: float = 10.0) -> torch.Tensor:
@@ -139,12 +360,27 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.07
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
-    outputs = [model(torch.from_numpy(x[i:i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    outputs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
+               for i in range(0, len(x), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
 def evaluate(model: nn.Module, split: Split) -> float:
     return float((predict_logits(model, split.x).argmax(1) == split.y).mean())
+
+
+def _correct(model: nn.Module, split: Split, ctx: distributed.Context) -> tuple[int, int]:
+    """Correct predictions on this rank's share of ``split`` (every world_size-th sample)."""
+    x, y = split.x[ctx.rank::ctx.world_size], split.y[ctx.rank::ctx.world_size]
+    if len(y) == 0:
+        return 0, 0
+    return int((predict_logits(model, x).argmax(1) == y).sum()), len(y)
+
+
+def _evaluate(model: nn.Module, split: Split, ctx: distributed.Context) -> float:
+    correct, count = distributed.all_reduce_sum(_correct(model, split, ctx))
+    return correct / count
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,4 +1,5 @@
-"""Model zoo written here (no torchvision for this torch): MLP, ResNet-style and MobileNet-style CNNs.
+"""Model zoo written here (no torchvision for this torch): MLP, ResNet-style and MobileNet-style CNNs,
+ResNeXt (grouped convs, GroupNorm), DenseNet/Inception (concatenation), SE-ResNet and a small ViT.
 
 Every model takes an NCHW float image batch and returns logits. ``width`` scales every hidden
 width, so a student is the teacher's architecture at a smaller width (and possibly depth).
@@ -16,7 +17,7 @@ from torch import nn
 
 from compress.errors import CompressError
 
-ARCHITECTURES = ("mlp", "resnet", "mobilenet")
+ARCHITECTURES = ("mlp", "resnet", "mobilenet", "resnext", "densenet", "senet", "vit")
 
 
 def scaled(channels: int, width: float) -> int:
@@ -134,13 +135,238 @@ class MobileNet(nn.Module):
         return self.classifier(self.head(self.blocks(self.stem(x))))
 
 
+class ResNeXtBlock(nn.Module):
+    """ResNeXt block (Xie et al. 2017) with GroupNorm: 1x1 reduce -> grouped 3x3 (``cardinality`` groups)
+    -> 1x1 expand, added to the shortcut. Channel counts stay multiples of the group counts."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, cardinality: int, norm_groups: int):
+        super().__init__()
+        inner = out_ch  # bottleneck width = block width, split into `cardinality` groups
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, inner, 1, bias=False), nn.GroupNorm(norm_groups, inner), nn.ReLU(inplace=True),
+            nn.Conv2d(inner, inner, 3, stride, 1, groups=cardinality, bias=False), nn.GroupNorm(norm_groups, inner),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inner, out_ch, 1, bias=False), nn.GroupNorm(norm_groups, out_ch),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.GroupNorm(norm_groups, out_ch))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt-style CNN with grouped convolutions and GroupNorm: stem, three stages of ``depth`` blocks
+    at widths (32w, 64w, 128w) with strides (1, 2, 2), global pool, classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, depth: int = 1, cardinality: int = 4):
+        super().__init__()
+        # widths are multiples of 2 * cardinality so every grouped conv and GroupNorm divides them evenly
+        unit = 2 * cardinality
+        widths = [max(unit, int(round(base * width / unit)) * unit) for base in (32, 64, 128)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                  nn.GroupNorm(cardinality, widths[0]), nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        prev = widths[0]
+        for stage_index, stage_width in enumerate(widths):
+            for block_index in range(depth):
+                stride = 2 if stage_index > 0 and block_index == 0 else 1
+                blocks.append(ResNeXtBlock(prev, stage_width, stride, cardinality, cardinality))
+                prev = stage_width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.blocks(self.stem(x))))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-1x1 conv (4k) -> BN-ReLU-3x3 conv (k), concatenated onto its input."""
+
+    def __init__(self, in_ch: int, growth: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), nn.Conv2d(in_ch, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+class InceptionBranches(nn.Module):
+    """Inception-style module: 1x1, 1x1->3x3 and pool->1x1 branches concatenated along channels."""
+
+    def __init__(self, in_ch: int, branch: int):
+        super().__init__()
+        self.branch1 = nn.Sequential(nn.Conv2d(in_ch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True))
+        self.branch3 = nn.Sequential(nn.Conv2d(in_ch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+                                     nn.Conv2d(branch, branch, 3, 1, 1, bias=False), nn.BatchNorm2d(branch),
+                                     nn.ReLU(inplace=True))
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(in_ch, branch, 1, bias=False),
+                                         nn.BatchNorm2d(branch), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch3(x), self.branch_pool(x)], dim=1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC-style CNN (Huang et al. 2017) with channel concatenation everywhere: an Inception-style
+    stem, two dense blocks of ``depth`` layers (growth 12w) joined by a 1x1 transition that halves the
+    channels and the resolution, then a 2x2 pool flattened into a hidden Linear layer and the classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, depth: int = 3):
+        super().__init__()
+        growth = scaled(12, width)
+        stem_branch = scaled(8, width)
+        self.stem = InceptionBranches(in_channels, stem_branch)
+        channels = 3 * stem_branch
+        layers: list[nn.Module] = []
+        for block in range(2):
+            for _ in range(depth):
+                layers.append(DenseLayer(channels, growth))
+                channels += growth
+            if block == 0:
+                reduced = max(1, channels // 2)
+                layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, reduced, 1, bias=False),
+                           nn.AvgPool2d(2)]
+                channels = reduced
+        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        hidden = scaled(64, width)
+        # Flatten of a 2x2 map: each channel feeds 4 inputs of the Linear, which pruning must keep in step
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(channels * 4, hidden),
+                                  nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.features(self.stem(x))))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): channel weights from a pooled two-layer bottleneck."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class SEBlock(BasicBlock):
+    """ResNet basic block whose residual branch is rescaled by squeeze-and-excitation before the add."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__(in_ch, out_ch, stride)
+        self.se = SqueezeExcite(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+class SENet(nn.Module):
+    """SE-ResNet: the CIFAR-style ResNet with squeeze-and-excitation in every block; ``depth`` blocks per
+    stage at widths (32w, 64w, 128w)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, depth: int = 1):
+        super().__init__()
+        widths = [scaled(base, width) for base in (32, 64, 128)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        prev = widths[0]
+        for stage_index, stage_width in enumerate(widths):
+            for block_index in range(depth):
+                blocks.append(SEBlock(prev, stage_width, 2 if stage_index > 0 and block_index == 0 else 1))
+                prev = stage_width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.blocks(self.stem(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection. The head count is read from the
+    weights (``qkv.out_features // (3 * head_dim)``), so removing whole heads needs no attribute update;
+    compress.pruning prunes heads of any module with a ``qkv`` Linear and a ``head_dim``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * num_heads * self.head_dim)
+        self.proj = nn.Linear(num_heads * self.head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        heads = self.qkv.out_features // (3 * self.head_dim)
+        qkv = self.qkv(x).reshape(batch, tokens, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attention = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+        out = (attention.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, heads * self.head_dim)
+        return self.proj(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """A small ViT (Dosovitskiy et al. 2021): non-overlapping patches (side // 7 pixels, so 28x28 gives
+    7x7 tokens) embedded by a strided conv, a class token and learned position embeddings, ``depth``
+    pre-norm blocks of 4 heads (head size 16w) with MLP ratio 2, then LayerNorm and the classifier on the
+    class token."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, depth: int = 4,
+                 num_heads: int = 4, mlp_ratio: int = 2):
+        super().__init__()
+        channels, height, width_px = input_shape
+        patch = max(1, min(height, width_px) // 7)
+        tokens = (height // patch) * (width_px // patch)
+        dim = num_heads * scaled(16, width)
+        self.patch_embed = nn.Conv2d(channels, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.classifier(x[:, 0])
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to build: an architecture from the zoo at a width multiplier and depth."""
 
     arch: str = "resnet"
     width: float = 1.0
-    depth: int | None = None  # resnet: 6n+2 layers (default 14); mobilenet: blocks (default 8); mlp: ignored
+    # resnet: 6n+2 layers (default 14); mobilenet: blocks (default 8); resnext, senet: blocks per stage (default 1);
+    # densenet: layers per dense block (default 3); vit: transformer blocks (default 4); mlp: ignored
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -161,6 +387,14 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
         raise CompressError(f"{spec.arch} needs image inputs (C, H, W), got per-sample shape {input_shape}: use arch=mlp")
     if spec.arch == "resnet":
         return ResNet(in_channels, num_classes, spec.width, spec.depth or 14)
+    if spec.arch == "resnext":
+        return ResNeXt(in_channels, num_classes, spec.width, spec.depth or 1)
+    if spec.arch == "densenet":
+        return DenseNet(in_channels, num_classes, spec.width, spec.depth or 3)
+    if spec.arch == "senet":
+        return SENet(in_channels, num_classes, spec.width, spec.depth or 1)
+    if spec.arch == "vit":
+        return VisionTransformer(tuple(input_shape), num_classes, spec.width, spec.depth or 4)
     return MobileNet(in_channels, num_classes, spec.width, spec.depth or 8)
 
 
@@ -177,24 +411,57 @@ def load_factory_model(factory: str, state_dict_path: str | Path | None) -> nn.M
     if not isinstance(model, nn.Module):
         raise CompressError(f"teacher factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if state_dict_path is not None:
-        state = torch.load(_existing(state_dict_path), map_location="cpu", weights_only=True)
         try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first_line = str(exc).strip().splitlines()[0]
-            raise CompressError(f"state_dict {state_dict_path} does not match the model from {factory}: {first_line}") from exc
+            state = torch.load(_existing(state_dict_path), map_location="cpu", weights_only=True)
+        except CompressError:
+            raise
+        except Exception as exc:  # a bad zip/pickle, or a whole pickled model, which weights_only refuses
+            if not zipfile.is_zipfile(state_dict_path):
+                reason = "it is not a file written by torch.save"
+            elif "weights only load failed" in str(exc).lower():
+                reason = "it holds Python objects besides tensors, e.g. a whole pickled model"
+            else:
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CompressError(f"cannot read {state_dict_path} as a state_dict ({reason}): save it with "
+                                "torch.save(model.state_dict(), path)") from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CompressError(f"{state_dict_path} holds a {type(state).__name__}, not a state_dict of tensors: save it "
+                                "with torch.save(model.state_dict(), path)")
+        problem = _state_dict_mismatch(model, state)
+        if problem:
+            raise CompressError(f"state_dict {state_dict_path} does not match the model from {factory}: {problem}")
+        model.load_state_dict(state)
     return model
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict) -> str:
+    """What differs between ``model``'s parameters/buffers and ``state``, in one line ('' when they match)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} is {tuple(state[k].shape)} in the file but {tuple(expected[k].shape)} in the model"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {shapes[0]}")
+    return "; ".join(parts)
 
 
 def save_model(model: nn.Module, path: Path) -> None:
     """Save a whole module (pruned models have no builder spec, so the module itself is pickled)."""
     from compress.fsutil import atomic_path
 
-    with atomic_path(path) as tmp:
+    # Saved through a file object: torch.save and torch.jit.save name the archive's root folder after a path
+    # they are given (here a random temporary name), which would make identical models hash differently.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         if isinstance(model, torch.jit.ScriptModule):
-            torch.jit.save(model, str(tmp))
+            torch.jit.save(model, handle)
         else:
-            torch.save(model, tmp)
+            torch.save(model, handle)
 
 
 def load_model(path: str | Path) -> nn.Module:

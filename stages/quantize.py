@@ -1,111 +1,483 @@
-"""Static int8 post-training quantization with onnxruntime's quantizer, calibrated on real
-training samples, and the int8 model's accuracy against its fp32 source."""
+"""Post-training quantization with onnxruntime's quantizer, safe by default.
+
+Four modes: ``auto`` (the default) builds each candidate int8 format, measures it on the target
+provider and keeps the fastest one within the accuracy budget (recording fp32 as the decision when
+no int8 variant is faster); ``static`` builds one format; ``dynamic`` quantizes weights ahead of time
+and activations at run time (Linear/attention-heavy models); ``fp16`` converts to half precision
+(GPU providers). Accuracy-aware (on by default): when int8 loses more than ``max_accuracy_drop``
+points on the validation split, other calibration methods are tried, then the most sensitive nodes
+(ranked by the error of the model with only that node quantized) are kept in fp32 one at a time.
+A per-layer report (scale, zero point, SQNR, share of the drop) is written beside the model."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from tqdm import tqdm
 
+from compress import quant_analysis as qa
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path
 from compress.manifest import StageResult
-from compress.metrics import classification_metrics
-from compress.onnxutil import check_input, load_onnx, make_session, predict
+from compress.metrics import classification_metrics, onnx_stats
+from compress.onnxutil import check_input, load_onnx, make_session, predict, resolve_provider
 
+MODES = ("auto", "static", "dynamic", "fp16")
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+# Auto mode's candidate formats: name -> (format, activation type, weight type).
+CANDIDATES = {"u8s8_qdq": ("qdq", "uint8", "int8"), "s8s8_qdq": ("qdq", "int8", "int8"),
+              "u8u8_qdq": ("qdq", "uint8", "uint8"), "u8s8_qoperator": ("qoperator", "uint8", "int8"),
+              "s8s8_qoperator": ("qoperator", "int8", "int8")}
+# Dynamic mode's default op types (Gemm is rewritten as MatMul + Add first). Conv becomes ConvInteger,
+# which onnxruntime's CPU provider runs only with uint8 weights, and slowly: add it to op_types on purpose.
+DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM"]
 
 
 @dataclass
 class QuantizeConfig:
-    """Static int8 quantization."""
+    """Post-training quantization (int8 static or dynamic, or fp16), held to an accuracy budget."""
 
-    method: str = "minmax"  # calibration: minmax, entropy, percentile, distribution
+    mode: str = "auto"  # auto (measure `candidates`, keep the fastest within budget), static, dynamic, fp16 (GPU)
+    method: str = "minmax"  # calibration: minmax, entropy, percentile, distribution (onnxruntime's, made for float8)
     percentile: float = 99.999  # method=percentile: the activation percentile kept
     calibration_samples: int = 256  # real training samples run through the model to calibrate
-    format: str = "qdq"  # qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, ...)
-    activation_type: str = "uint8"  # uint8 (U8S8: measured 3.5x faster than S8S8 on an AVX-512 VNNI CNN) or int8
-    weight_type: str = "int8"  # int8 or uint8
-    per_channel: bool = True  # one scale per output channel of each weight
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where 8-bit can overflow
-    preprocess: bool = True  # onnxruntime's quant_pre_process (shape inference + graph optimization) first
+    format: str = "qdq"  # static mode: qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, ...)
+    activation_type: str = "uint8"  # static mode: uint8 (U8S8, fast on x86 with VNNI) or int8 (S8S8: Arm, TensorRT)
+    weight_type: str = "int8"  # static and dynamic: int8 or uint8 (uint8 weights need uint8 activations)
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI where u8s8 products can saturate
+    symmetric_activations: bool = False  # activation zero point fixed at 0 (TensorRT needs it with int8 activations)
+    preprocess: bool = True  # onnxruntime's quant_pre_process first: symbolic shape inference + graph optimization
+    op_types: list[str] = field(default_factory=list)  # op types to quantize; empty: all onnxruntime can (dynamic: MatMul, Gemm, Attention, LSTM)
+    nodes_to_exclude: list[str] = field(default_factory=list)  # nodes always kept in fp32 (names after preprocessing)
+    candidates: list[str] = field(default_factory=lambda: ["u8s8_qdq", "s8s8_qdq", "u8s8_qoperator"])  # auto mode's formats
+    provider: str = "cpu"  # target execution provider: accuracy and auto's timings are measured on it
+    threads: int = 1  # intra-op threads for auto's timings (the benchmark stage's default)
+    measure_seconds: float = 0.6  # auto: timed seconds per model, in rounds interleaved across candidates and fp32
+    accuracy_aware: bool = True  # over budget: try fallback_methods, then keep the most sensitive nodes in fp32
+    max_accuracy_drop: float = 0.5  # accuracy points the model may lose against fp32 on the validation split
+    fallback_methods: list[str] = field(default_factory=lambda: ["percentile", "entropy"])  # tried in turn before fp32 nodes
+    max_fp32_nodes: int = 8  # accuracy-aware: at most this many nodes kept in fp32 (besides nodes_to_exclude)
+    layer_report: bool = True  # write <name>_layers.md and <name>_layers.png beside the model
+    report_samples: int = 64  # validation samples whose activations the layer report compares
     seed: int = 0  # which training samples calibrate
 
     def __post_init__(self) -> None:
-        for name, choices in (("method", METHODS), ("format", FORMATS), ("activation_type", TYPES), ("weight_type", TYPES)):
+        for name, choices in (("mode", MODES), ("method", METHODS), ("format", FORMATS),
+                              ("activation_type", TYPES), ("weight_type", TYPES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"quantize.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.calibration_samples < 1:
-            raise ValueError(f"quantize.calibration_samples must be >= 1, got {self.calibration_samples}")
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise ValueError("quantize.weight_type='uint8' needs activation_type='uint8' (onnxruntime has no S8U8 "
+                             "kernels); got activation_type='int8'")
+        for name in self.candidates:
+            if name not in CANDIDATES:
+                raise ValueError(f"quantize.candidates: {name!r} is not a format; choose from {', '.join(CANDIDATES)}")
+        if self.mode == "auto" and not self.candidates:
+            raise ValueError("quantize.candidates must name at least one format in auto mode")
+        for name in self.fallback_methods:
+            if name not in METHODS:
+                raise ValueError(f"quantize.fallback_methods: {name!r} is not a method; choose from {', '.join(METHODS)}")
+        for name, low in (("calibration_samples", 1), ("report_samples", 1), ("threads", 0), ("max_fp32_nodes", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"quantize.{name} must be >= {low}, got {getattr(self, name)}")
         if not 90.0 <= self.percentile <= 100.0:
             raise ValueError(f"quantize.percentile must be within [90, 100], got {self.percentile}")
+        if self.max_accuracy_drop < 0:
+            raise ValueError(f"quantize.max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
+        if self.measure_seconds <= 0:
+            raise ValueError(f"quantize.measure_seconds must be > 0, got {self.measure_seconds}")
+
+    @classmethod
+    def fast(cls) -> "QuantizeConfig":
+        """One static U8S8 QDQ model, MinMax calibration, no accuracy search, no report: the quickest."""
+        return cls(mode="static", accuracy_aware=False, layer_report=False)
+
+    @classmethod
+    def accuracy_first(cls) -> "QuantizeConfig":
+        """A tighter budget (0.2 points), every calibration method, and up to 32 nodes kept in fp32."""
+        return cls(max_accuracy_drop=0.2, fallback_methods=["percentile", "entropy", "minmax"], max_fp32_nodes=32)
+
+    @classmethod
+    def arm(cls) -> "QuantizeConfig":
+        """Arm CPUs: their kernels prefer signed (S8S8) activations."""
+        return cls(candidates=["s8s8_qdq", "u8s8_qdq"])
+
+    @classmethod
+    def no_vnni(cls) -> "QuantizeConfig":
+        """x86 CPUs without VNNI: 7-bit weights avoid saturating u8s8 AVX2 products."""
+        return cls(reduce_range=True)
+
+    @classmethod
+    def tensorrt(cls) -> "QuantizeConfig":
+        """TensorRT: symmetric S8S8 QDQ, the only int8 form it runs."""
+        return cls(mode="static", provider="tensorrt", activation_type="int8", symmetric_activations=True)
+
+    @classmethod
+    def gpu_fp16(cls) -> "QuantizeConfig":
+        """fp16 on CUDA (fp16 has fast kernels on GPUs, not on CPUs)."""
+        return cls(mode="fp16", provider="cuda")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to build the low-precision model."""
+
+    name: str  # candidate name, or "dynamic", "fp16"
+    kind: str  # static, dynamic or fp16
+    format: str  # qdq, qoperator (static); integer (dynamic); fp16
+    activation_type: str
+    weight_type: str
+
+    @property
+    def calibrated(self) -> bool:
+        return self.kind == "static"
+
+    @property
+    def types(self) -> str:
+        return "float16" if self.kind == "fp16" else f"{self.activation_type}/{self.weight_type}"
+
+    def numerics(self) -> "Variant":
+        """The variant whose numbers match this one and that can be analysed per tensor (QDQ for static)."""
+        if self.kind == "static" and self.format != "qdq":
+            return Variant(f"{self.name}~qdq", "static", "qdq", self.activation_type, self.weight_type)
+        return self
 
 
 class CalibrationReader(CalibrationDataReader):
-    """Feeds real samples to onnxruntime's calibrator one at a time."""
+    """Feeds real samples to onnxruntime's calibrator, ``batch_size`` at a time."""
 
-    def __init__(self, x: np.ndarray, input_name: str):
-        self._x, self._input_name, self._position = x, input_name, 0
+    def __init__(self, x: np.ndarray, input_name: str, batch_size: int = 1):
+        self._x, self._input_name, self._batch_size, self._position = x, input_name, batch_size, 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._position >= len(self._x):
             return None
-        sample = self._x[self._position:self._position + 1]
-        self._position += 1
-        return {self._input_name: np.ascontiguousarray(sample, dtype=np.float32)}
+        batch = self._x[self._position:self._position + self._batch_size]
+        self._position += self._batch_size
+        return {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
 def run(cfg: QuantizeConfig, model_path: Path, data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.onnx"
     metrics = quantize(cfg, Path(model_path), data, output)
-    return StageResult({name: output}, metrics)
+    outputs = {name: output}
+    if cfg.layer_report:
+        markdown, plot = report_paths(output)
+        outputs.update({f"{name}_layers": markdown, f"{name}_layers_plot": plot})
+    return StageResult(outputs, metrics)
+
+
+def report_paths(output: Path) -> tuple[Path, Path]:
+    """Where the per-layer report of ``output`` goes: <stem>_layers.md and <stem>_layers.png beside it."""
+    return output.with_name(f"{output.stem}_layers.md"), output.with_name(f"{output.stem}_layers.png")
 
 
 def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path) -> dict:
-    """Quantize ``model_path`` into ``output`` and compare int8 with fp32 on the test split."""
+    """Quantize ``model_path`` into ``output`` as ``cfg`` asks; returns what was measured and decided."""
+    model_path, output = Path(model_path), Path(output)
     load_onnx(model_path)
-    fp32 = make_session(model_path)
-    input_name = check_input(fp32, data.input_shape, f"dataset {data.name}")
-    calibration = calibration_samples(data, cfg.calibration_samples, cfg.seed)
-    with tempfile.TemporaryDirectory() as tmp_dir, atomic_path(output) as tmp_output:
-        source = model_path
-        if cfg.preprocess:
-            source = Path(tmp_dir) / "preprocessed.onnx"
-            try:
-                quant_pre_process(str(model_path), str(source), skip_symbolic_shape=False)
-            except Exception as exc:
-                raise CompressError(f"quantization pre-processing failed on {model_path}: {str(exc).splitlines()[0]} "
-                                    "(set quantize.preprocess = false to skip it)") from exc
-        extra = {"CalibTensorRangeSymmetric": False}
-        if cfg.method == "percentile":
-            extra["CalibPercentile"] = cfg.percentile
+    provider = resolve_provider(cfg.provider)
+    fp32_session = make_session(model_path, cfg.provider, cfg.threads)
+    input_name = check_input(fp32_session, data.input_shape, f"dataset {data.name}")
+    with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp:
+        work = Workbench(cfg, model_path, data, input_name, Path(tmp))
+        support = qa.cpu_int8_support()
+        stats = onnx_stats(work.source_model)
+        has_conv = any(node.op_type == "Conv" for node in work.source_model.graph.node)
+        warnings = qa.hardware_warnings(provider, cfg.mode, support, cfg.activation_type,
+                                        cfg.symmetric_activations, stats["macs"], has_conv)
+        for message in warnings:
+            tqdm.write(f"[quantize] warning: {message}")
+        results = [work.fit_budget(variant) for variant in work.variants()]
+        chosen, decision, reason, timings = work.decide(results)
+        _write_model(chosen["path"], model_path, output, chosen, decision)
+        report = work.layer_report(chosen, output) if cfg.layer_report else None
+    test = _test_comparison(fp32_session, make_session(output, cfg.provider, cfg.threads), data)
+    variant = chosen["variant"]
+    return {
+        "mode": cfg.mode, "decision": decision, "decision_reason": reason, "candidate": variant.name,
+        "format": variant.format, "types": variant.types, "method": chosen["method"] or "none",
+        "calibration_samples": len(work.calibration) if variant.calibrated else 0,
+        **test,
+        "val_fp32_accuracy": work.fp32_val_accuracy, "val_accuracy": chosen["val_accuracy"],
+        "val_drop_points": chosen["val_drop_points"], "max_accuracy_drop": cfg.max_accuracy_drop,
+        "within_budget": chosen["within_budget"],
+        "fp32_nodes": [{"node": node, "reason": why} for node, why in chosen["fp32_nodes"].items()],
+        "attempts": [_attempt_record(a) for result in results for a in result["attempts"]],
+        "candidates": timings,
+        "provider": provider, "cpu": support, "warnings": warnings,
+        "preprocessed": cfg.preprocess, "source_macs": stats["macs"],
+        "layer_report": report,
+    }
+
+
+class Workbench:
+    """One quantization job: the preprocessed source, the calibration cache, validation data, and the
+    builds, evaluations and sensitivity rankings made so far (each made once)."""
+
+    def __init__(self, cfg: QuantizeConfig, model_path: Path, data: Dataset, input_name: str, tmp_dir: Path):
+        self.cfg, self.model_path, self.data, self.input_name, self.tmp = cfg, model_path, data, input_name, tmp_dir
+        self.source = tmp_dir / "source.onnx"
+        self.source_model = _prepare_source(cfg, model_path, self.source)
+        self._check_request()
+        self.calibration = calibration_samples(data, cfg.calibration_samples, cfg.seed)
+        self.fixed_batch = not _free_batch(self.source_model)
+        self.fp32_val_logits = self.logits(self.source)
+        self.fp32_val_accuracy = _accuracy(self.fp32_val_logits, data.val.y)
+        self._builds = 0
+        self._sensitivity: dict[tuple, list[dict]] = {}
+
+    # --- what to build ---------------------------------------------------------------------------
+    def variants(self) -> list[Variant]:
+        cfg = self.cfg
+        if cfg.mode == "auto":
+            return [Variant(name, "static", *CANDIDATES[name]) for name in cfg.candidates]
+        if cfg.mode == "static":
+            name = f"{_short_type(cfg.activation_type)}{_short_type(cfg.weight_type)}_{cfg.format}"
+            return [Variant(name, "static", cfg.format, cfg.activation_type, cfg.weight_type)]
+        if cfg.mode == "dynamic":
+            return [Variant("dynamic", "dynamic", "integer", "uint8", cfg.weight_type)]
+        return [Variant("fp16", "fp16", "fp16", "float16", "float16")]
+
+    def _check_request(self) -> None:
+        cfg = self.cfg
+        qa.check_node_names(self.source_model, cfg.nodes_to_exclude, "quantize.nodes_to_exclude", self.model_path)
+        supported = _supported_ops(cfg.mode)
+        if cfg.mode != "fp16":
+            unknown = [op for op in cfg.op_types if op not in supported]
+            if unknown:
+                raise CompressError(f"quantize.op_types: onnxruntime cannot quantize {unknown[0]!r} in {cfg.mode} mode; "
+                                    f"it can quantize {', '.join(sorted(supported))}")
+            wanted = set(cfg.op_types or (DYNAMIC_OP_TYPES if cfg.mode == "dynamic" else supported))
+            candidates = [n for n in self.source_model.graph.node
+                          if n.op_type in wanted and n.name not in cfg.nodes_to_exclude]
+            if not candidates:
+                present = sorted({n.op_type for n in self.source_model.graph.node})
+                raise CompressError(f"nothing to quantize in {self.model_path}: none of its nodes ({', '.join(present)}) "
+                                    f"is of a type {cfg.mode} quantization handles ({', '.join(sorted(wanted))}) "
+                                    "outside quantize.nodes_to_exclude")
+
+    # --- building and measuring ------------------------------------------------------------------
+    def build(self, variant: Variant, method: str | None, exclude: list[str], only: list[str] | None = None) -> Path:
+        cfg = self.cfg
+        self._builds += 1
+        path = self.tmp / f"build_{self._builds}.onnx"
         try:
-            quantize_static(str(source), str(tmp_output), CalibrationReader(calibration, input_name),
-                            quant_format=FORMATS[cfg.format], per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                            activation_type=TYPES[cfg.activation_type], weight_type=TYPES[cfg.weight_type],
-                            calibrate_method=METHODS[cfg.method], extra_options=extra)
+            with _quiet():
+                if variant.kind == "static":
+                    from onnxruntime.quantization import quantize_static
+
+                    extra = {"ActivationSymmetric": cfg.symmetric_activations, "CalibTensorRangeSymmetric": False}
+                    if method == "percentile":
+                        extra["CalibPercentile"] = cfg.percentile
+                    quantize_static(
+                        str(self.source), str(path), self.reader(self.calibration), quant_format=FORMATS[variant.format],
+                        op_types_to_quantize=cfg.op_types or None, per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, activation_type=TYPES[variant.activation_type],
+                        weight_type=TYPES[variant.weight_type], nodes_to_quantize=only, nodes_to_exclude=exclude,
+                        calibrate_method=METHODS[method], extra_options=extra,
+                        calibration_cache_path=str(self.tmp / f"calibration_{method}.json"))
+                elif variant.kind == "dynamic":
+                    from onnxruntime.quantization import quantize_dynamic
+
+                    quantize_dynamic(str(self.source), str(path), op_types_to_quantize=cfg.op_types or DYNAMIC_OP_TYPES,
+                                     per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                     weight_type=TYPES[variant.weight_type], nodes_to_quantize=only,
+                                     nodes_to_exclude=exclude,
+                                     extra_options={"ActivationSymmetric": cfg.symmetric_activations})
+                else:
+                    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                    blocked = list(exclude) if only is None else [
+                        n.name for n in self.source_model.graph.node if n.name not in only]
+                    half = convert_float_to_float16(onnx.load(str(self.source)), keep_io_types=True,
+                                                    node_block_list=blocked)
+                    onnx.save(half, str(path))
+        except CompressError:
+            raise
         except Exception as exc:
-            raise CompressError(f"onnxruntime could not quantize {model_path}: {str(exc).splitlines()[0]}") from exc
-        onnx.checker.check_model(str(tmp_output))
-        _copy_metadata(model_path, tmp_output)
-        int8_logits = predict(make_session(tmp_output), data.test.x)
-    fp32_logits = predict(fp32, data.test.x)
-    fp32_metrics = classification_metrics(fp32_logits, data.test.y)
-    int8_metrics = classification_metrics(int8_logits, data.test.y)
-    return {"fp32_accuracy": fp32_metrics["accuracy"], "int8_accuracy": int8_metrics["accuracy"],
-            "accuracy_drop": fp32_metrics["accuracy"] - int8_metrics["accuracy"],
-            "top1_agreement": float((fp32_logits.argmax(1) == int8_logits.argmax(1)).mean()),
-            "calibration_samples": len(calibration), "method": cfg.method, "format": cfg.format,
-            "types": f"{cfg.activation_type}/{cfg.weight_type}"}
+            raise _named_error(f"onnxruntime could not {variant.kind}-quantize {self.model_path}", exc,
+                               "keep that node in fp32 with quantize.nodes_to_exclude, or change quantize.op_types") from exc
+        try:
+            onnx.checker.check_model(str(path))
+        except Exception as exc:
+            raise _named_error(f"the {variant.name} model built from {self.model_path} is not valid ONNX", exc,
+                               "keep that node in fp32 with quantize.nodes_to_exclude") from exc
+        return path
+
+    def reader(self, x: np.ndarray) -> CalibrationReader:
+        return CalibrationReader(x, self.input_name, 1 if self.fixed_batch else 32)
+
+    def logits(self, path: Path) -> np.ndarray:
+        try:
+            session = make_session(path, self.cfg.provider, 0)
+        except CompressError as exc:
+            cause = exc.__cause__ or exc
+            raise _named_error(f"onnxruntime cannot run the model quantized from {self.model_path}", cause,
+                               "keep that node in fp32 with quantize.nodes_to_exclude, or change quantize.op_types "
+                               "or quantize.weight_type") from exc
+        return predict(session, self.data.val.x).astype(np.float64)
+
+    def evaluate(self, variant: Variant, method: str | None, fp32_nodes: dict[str, str]) -> dict:
+        path = self.build(variant, method, list(fp32_nodes))
+        accuracy = _accuracy(self.logits(path), self.data.val.y)
+        drop = 100 * (self.fp32_val_accuracy - accuracy)
+        return {"variant": variant, "method": method, "fp32_nodes": dict(fp32_nodes), "path": path,
+                "val_accuracy": accuracy, "val_drop_points": drop,
+                "within_budget": drop <= self.cfg.max_accuracy_drop + 1e-9}
+
+    # --- accuracy-aware search -------------------------------------------------------------------
+    def fit_budget(self, variant: Variant) -> dict:
+        """The variant built as asked; over budget (and accuracy-aware): other calibration methods in turn,
+        then the most sensitive nodes kept in fp32 one at a time until the drop is within budget."""
+        cfg = self.cfg
+        fixed = {node: "listed in quantize.nodes_to_exclude" for node in cfg.nodes_to_exclude}
+        methods = [cfg.method] if variant.calibrated else [None]
+        if variant.calibrated and cfg.accuracy_aware:
+            methods += [m for m in cfg.fallback_methods if m not in methods]
+        attempts, best = [], None
+        for method in methods:
+            attempt = self.evaluate(variant, method, fixed)
+            attempt["step"] = f"calibration {method}" if method else variant.kind
+            attempts.append(attempt)
+            if best is None or attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
+                best = attempt
+            if attempt["within_budget"]:
+                best = attempt
+                break
+        if not best["within_budget"] and cfg.accuracy_aware and cfg.max_fp32_nodes > 0:
+            ranking = self.sensitivity(variant, best["method"])
+            order = sorted((row for row in ranking if row["node"] not in fixed and row["alone_noise"] > 0),
+                           key=lambda row: -row["alone_noise"])
+            kept, previous = dict(fixed), best
+            for rank, row in enumerate(order[:cfg.max_fp32_nodes], 1):
+                kept[row["node"]] = (
+                    f"#{rank} most sensitive: quantized alone it gives logit SQNR {row['alone_output_sqnr_db']:.1f} dB, "
+                    f"{100 * row['share_of_drop']:.0f}% of the single-node error, and costs "
+                    f"{row['alone_val_drop_points']:+.2f} val points")
+                attempt = self.evaluate(variant, best["method"], kept)
+                kept[row["node"]] += (f"; keeping it fp32 moved the val drop from {previous['val_drop_points']:.2f} "
+                                      f"to {attempt['val_drop_points']:.2f} points")
+                attempt["fp32_nodes"] = dict(kept)
+                attempt["step"] = f"keep {row['node']} in fp32"
+                attempts.append(attempt)
+                previous = attempt
+                if attempt["within_budget"] or attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
+                    best = attempt
+                if attempt["within_budget"]:
+                    break
+        if not best["within_budget"]:
+            tqdm.write(f"[quantize] warning: {variant.name} loses {best['val_drop_points']:.2f} val points, over the "
+                       f"{cfg.max_accuracy_drop:g}-point budget" + (" even after the accuracy-aware search"
+                                                                     if cfg.accuracy_aware else ""))
+        return {"variant": variant, "best": best, "attempts": attempts}
+
+    def sensitivity(self, variant: Variant, method: str | None) -> list[dict]:
+        """Each low-precision node ranked by the error of the model with only that node converted (made once
+        per numerics and method)."""
+        numerics = variant.numerics()
+        key = (numerics.kind, numerics.activation_type, numerics.weight_type, method)
+        if key not in self._sensitivity:
+            nodes = self.analysed_nodes(numerics, method)
+            progress = tqdm(nodes, desc="quantize: per-node sensitivity", unit="node", leave=False, disable=None)
+            self._sensitivity[key] = qa.node_sensitivity(
+                list(progress), lambda node: self.build(numerics, method, [], only=[node]), self.logits,
+                self.fp32_val_logits, self.data.val.y)
+        return self._sensitivity[key]
+
+    def analysed_nodes(self, numerics: Variant, method: str | None) -> list[onnx.NodeProto]:
+        if numerics.kind == "fp16":
+            names = set(qa.float16_nodes(self.source_model))
+        else:
+            full = onnx.load(str(self.build(numerics, method, list(self.cfg.nodes_to_exclude))))
+            names = set(qa.changed_nodes(self.source_model, full, _qdq_ops()))
+        return [node for node in self.source_model.graph.node if node.name in names]
+
+    # --- auto mode -------------------------------------------------------------------------------
+    def decide(self, results: list[dict]) -> tuple[dict, str, str, list[dict]]:
+        """The result to write, the decision (int8, fp32 or fp16), why, and every candidate measured (auto)."""
+        cfg = self.cfg
+        best = [result["best"] for result in results]
+        in_budget = [b for b in best if b["within_budget"]]
+        if cfg.mode != "auto":
+            chosen = best[0]
+            decision = "fp16" if cfg.mode == "fp16" else "int8"
+            reason = (f"{cfg.mode} mode: val drop {chosen['val_drop_points']:.2f} points "
+                      f"({'within' if chosen['within_budget'] else 'OVER'} the {cfg.max_accuracy_drop:g}-point budget)")
+            return chosen, decision, reason, []
+        latencies = measure_latency({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
+                                    self.data.val.x[:1], self.input_name, cfg)
+        fp32_ms = latencies["fp32"]
+        timings = [{"candidate": "fp32", "format": "fp32", "types": "float32", "p50_ms": fp32_ms, "speedup": 1.0,
+                    "val_accuracy": self.fp32_val_accuracy, "val_drop_points": 0.0, "within_budget": True,
+                    "method": None, "fp32_nodes": []}]
+        for b in best:
+            ms = latencies[b["variant"].name]
+            timings.append({"candidate": b["variant"].name, "format": b["variant"].format, "types": b["variant"].types,
+                            "p50_ms": ms, "speedup": fp32_ms / ms, "val_accuracy": b["val_accuracy"],
+                            "val_drop_points": b["val_drop_points"], "within_budget": b["within_budget"],
+                            "method": b["method"], "fp32_nodes": list(b["fp32_nodes"])})
+        measured = ", ".join(f"{t['candidate']} {t['p50_ms']:.3f} ms" for t in timings)
+        where = f"{cfg.threads} thread(s), batch 1, {self.cfg.provider}"
+        if not in_budget:
+            chosen = max(best, key=lambda b: b["val_accuracy"])
+            return chosen, "fp32", (f"no int8 candidate is within {cfg.max_accuracy_drop:g} val points of fp32; "
+                                    f"wrote the most accurate ({chosen['variant'].name}, "
+                                    f"{chosen['val_drop_points']:.2f} points lost) for comparison; p50 ({where}): "
+                                    f"{measured}"), timings
+        chosen = min(in_budget, key=lambda b: latencies[b["variant"].name])
+        chosen_ms = latencies[chosen["variant"].name]
+        if chosen_ms >= fp32_ms:
+            return chosen, "fp32", (f"no int8 candidate within budget is faster than fp32 (p50 {where}: {measured}); "
+                                    f"wrote the fastest, {chosen['variant'].name}, for comparison"), timings
+        return chosen, "int8", (f"{chosen['variant'].name} is the fastest candidate within {cfg.max_accuracy_drop:g} "
+                                f"val points of fp32: {fp32_ms / chosen_ms:.2f}x faster than fp32 (p50 {where}: "
+                                f"{measured})"), timings
+
+    # --- the per-layer report --------------------------------------------------------------------
+    def layer_report(self, chosen: dict, output: Path) -> dict:
+        variant, method = chosen["variant"], chosen["method"]
+        numerics = variant.numerics()
+        sensitivity = self.sensitivity(variant, method)
+        analysed = [row["node"] for row in sensitivity]
+        model_path = chosen["path"] if numerics == variant else self.build(numerics, method, list(chosen["fp32_nodes"]))
+        samples = self.data.val.x[:self.cfg.report_samples]
+        params = qa.quantization_params(onnx.load(str(model_path)))
+        with _quiet():
+            errors = qa.tensor_errors(self.source, model_path, lambda: self.reader(samples), self.tmp, params)
+        rows = qa.layer_rows(self.source_model, analysed, sensitivity, errors, params, chosen["fp32_nodes"])
+        markdown, plot = report_paths(output)
+        notes = [f"Model `{self.model_path.name}` -> `{output.name}`: {variant.name} ({variant.types}), "
+                 f"calibration {method or 'none'}; validation accuracy {100 * self.fp32_val_accuracy:.2f}% fp32 -> "
+                 f"{100 * chosen['val_accuracy']:.2f}% ({chosen['val_drop_points']:+.2f} points lost; budget "
+                 f"{self.cfg.max_accuracy_drop:g}). {len(chosen['fp32_nodes'])} node(s) kept in fp32."]
+        if variant.format == "qoperator":
+            notes.append("The QOperator model's numbers were analysed on its QDQ twin (same types and ranges).")
+        if variant.kind == "dynamic":
+            notes.append("Dynamic quantization computes activation scales per batch at run time: only weights have "
+                         "stored scales.")
+        qa.write_layer_report(rows, markdown, plot, f"Per-layer quantization error: {output.name}", notes)
+        worst = sorted(rows, key=lambda row: -(row["share_of_drop"] or 0))[:5]
+        return {"markdown": markdown.name, "plot": plot.name, "nodes": len(rows),
+                "most_sensitive": [{"node": r["node"], "share_of_drop": r["share_of_drop"],
+                                    "alone_val_drop_points": r["alone_val_drop_points"],
+                                    "output_sqnr_db": r["output_sqnr_db"], "precision": r["precision"]} for r in worst]}
 
 
 def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
@@ -116,8 +488,137 @@ def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
     return data.train.x[np.array(order[:count])]
 
 
-def _copy_metadata(source: Path, target: Path) -> None:
-    src, dst = onnx.load(str(source)), onnx.load(str(target))
-    del dst.metadata_props[:]
-    dst.metadata_props.extend(src.metadata_props)
-    onnx.save(dst, str(target))
+def measure_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
+    """p50 batch-1 latency (ms) of each model on ``cfg.provider``, timed in rounds that alternate between
+    the models so that a slow spell of the machine hits them all alike."""
+    sessions = {name: make_session(path, cfg.provider, cfg.threads) for name, path in paths.items()}
+    feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+    for session in sessions.values():
+        for _ in range(10):
+            session.run(None, feed)
+    rounds = 6
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            started = time.perf_counter()
+            while time.perf_counter() - started < cfg.measure_seconds / rounds:
+                begin = time.perf_counter()
+                session.run(None, feed)
+                times[name].append(time.perf_counter() - begin)
+    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+
+
+def _prepare_source(cfg: QuantizeConfig, model_path: Path, source: Path) -> onnx.ModelProto:
+    """The model to quantize: pre-processed (unless disabled), every node named, Gemm as MatMul for dynamic."""
+    if cfg.preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        try:
+            with _quiet():
+                quant_pre_process(str(model_path), str(source), skip_symbolic_shape=False)
+        except Exception as exc:
+            raise _preprocess_error(model_path, exc) from exc
+        model = onnx.load(str(source))
+    else:
+        model = onnx.load(str(model_path))
+    model = qa.unnamed_nodes_named(model)
+    if cfg.mode == "dynamic" and ("Gemm" in cfg.op_types or not cfg.op_types):
+        model = qa.gemm_to_matmul(model)
+    onnx.save(model, str(source))
+    return model
+
+
+def _preprocess_error(model_path: Path, exc: Exception) -> CompressError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    found = qa.unresolved_shape_node(onnx.load(str(model_path)))
+    if found and found[0]:
+        node, op_type, _ = found
+        return CompressError(f"cannot quantize {model_path}: shape inference cannot resolve the output of node "
+                             f"{node!r} ({op_type}): {first}; export the model with static shapes there, or set "
+                             "quantize.preprocess=false to skip shape inference")
+    node = qa.node_in_message(str(exc))
+    where = f" at node {node!r}" if node else ""
+    return CompressError(f"cannot quantize {model_path}: symbolic shape inference failed{where} ({first}); export the "
+                         "model with static shapes, or set quantize.preprocess=false to skip it")
+
+
+def _named_error(what: str, exc: BaseException, fix: str) -> CompressError:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    node = qa.node_in_message(text)
+    if node:
+        return CompressError(f"{what}: node {node!r}: {first}; {fix.replace('that node', repr(node))}")
+    return CompressError(f"{what}: {first}; {fix}")
+
+
+def _write_model(built: Path, source: Path, output: Path, chosen: dict, decision: str) -> None:
+    """Copy the chosen build into place atomically, with the source's metadata and a record of how it was made."""
+    model = onnx.load(str(built))
+    original = onnx.load(str(source))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    variant = chosen["variant"]
+    record = {"candidate": variant.name, "format": variant.format, "types": variant.types, "method": chosen["method"],
+              "fp32_nodes": list(chosen["fp32_nodes"]), "decision": decision}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "quantization", json.dumps(record)
+    with atomic_path(output) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+
+
+def _test_comparison(fp32_session, quantized_session, data: Dataset) -> dict:
+    fp32_logits = predict(fp32_session, data.test.x)
+    quantized_logits = predict(quantized_session, data.test.x)
+    fp32_metrics = classification_metrics(fp32_logits, data.test.y)
+    quantized_metrics = classification_metrics(quantized_logits, data.test.y)
+    return {"fp32_accuracy": fp32_metrics["accuracy"], "int8_accuracy": quantized_metrics["accuracy"],
+            "accuracy_drop": fp32_metrics["accuracy"] - quantized_metrics["accuracy"],
+            "top1_agreement": float((fp32_logits.argmax(1) == quantized_logits.argmax(1)).mean())}
+
+
+def _attempt_record(attempt: dict) -> dict:
+    return {"candidate": attempt["variant"].name, "step": attempt["step"], "method": attempt["method"],
+            "fp32_nodes": list(attempt["fp32_nodes"]), "val_accuracy": attempt["val_accuracy"],
+            "val_drop_points": attempt["val_drop_points"], "within_budget": attempt["within_budget"]}
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def _free_batch(model: onnx.ModelProto) -> bool:
+    initializers = {init.name for init in model.graph.initializer}
+    first = next(i for i in model.graph.input if i.name not in initializers)
+    dims = first.type.tensor_type.shape.dim
+    return bool(dims) and not dims[0].HasField("dim_value")
+
+
+def _short_type(name: str) -> str:
+    return {"uint8": "u8", "int8": "s8"}[name]
+
+
+def _supported_ops(mode: str) -> set[str]:
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    if mode == "dynamic":
+        return set(IntegerOpsRegistry) | {"Gemm"}
+    return set(QLinearOpsRegistry) | set(QDQRegistry)
+
+
+def _qdq_ops() -> set[str]:
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    return set(QDQRegistry)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence onnxruntime's quantization tools: they log warnings and print calibration chatter."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Classify images with a bundle made by `compress ship`, using only onnxruntime, numpy and Pillow.
+
+    python classify.py BUNDLE digit.png photos/ --top-k 3
+    python classify.py BUNDLE --self-test          # the bundle's own known samples must come back right
+    python classify.py BUNDLE --bench 1000 --json  # latency of the model alone, as JSON
+
+The bundle is checked before anything runs: every file listed in model.json must be there with the
+sha256 recorded at shipping time, and the model's input must have the size model.json declares.
+A bad bundle, a missing image or an unreadable file ends with one line `error: ...` and exit code 2;
+a failed self-test exits 1.
+
+Copy this file into your own app: it imports nothing from compress or torch.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+BUNDLE_FORMAT = "compress-bundle"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+WARMUP_RUNS = 20
+
+
+class BundleError(Exception):
+    """A problem with the bundle or the images: printed as one line, exit code 2."""
+
+
+class Bundle:
+    """A checked bundle: its model.json, an onnxruntime session and the preprocessing it declares."""
+
+    def __init__(self, folder: Path, model_format: str = "ort", threads: int = 1):
+        self.folder = Path(folder)
+        self.info = read_model_json(self.folder)
+        check_files(self.folder, self.info)
+        self.model_path = self.folder / self.info["models"][model_format]
+        started = time.perf_counter()
+        self.session = open_session(self.model_path, self.info, model_format, threads)
+        self.load_ms = 1000 * (time.perf_counter() - started)
+        self.input_name = check_signature(self.session, self.info, self.model_path.name)
+        shape = self.info["input"]
+        self.channels, self.height, self.width = shape["channels"], shape["height"], shape["width"]
+        pre = self.info["preprocessing"]
+        self.mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
+        self.std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+        self.background = self.info.get("drawing", {}).get("background", "mixed")
+        self.classes = [str(c) for c in self.info["classes"]]
+
+    def preprocess(self, path: Path, invert: str = "auto") -> np.ndarray:
+        """Image file -> (1, C, H, W) float32, exactly as model.json's preprocessing says."""
+        try:
+            with Image.open(path) as img:
+                image = img.convert("L" if self.channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BundleError(f"cannot read image {path}: {exc}") from exc
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), Image.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if invert == "yes" or (invert == "auto" and needs_inversion(pixels, self.background)):
+            pixels = 1.0 - pixels
+        return ((pixels - self.mean) / self.std)[None].astype(np.float32)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """Probabilities for a batch, and the inference time in milliseconds."""
+        started = time.perf_counter()
+        logits = self.session.run(None, {self.input_name: x})[0]
+        elapsed = 1000 * (time.perf_counter() - started)
+        return softmax(logits), elapsed
+
+
+def read_model_json(folder: Path) -> dict:
+    path = folder / "model.json"
+    if not folder.is_dir():
+        raise BundleError(f"bundle folder not found: {folder} (make one with: compress ship RUN_DIR --out {folder})")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: {folder} is not a bundle made by `compress ship`")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}): re-create the bundle with compress ship") from exc
+    missing = [key for key in ("format", "files", "models", "input", "preprocessing", "classes")
+               if not isinstance(info, dict) or key not in info]
+    if missing or info.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a compress bundle description (missing {', '.join(missing) or 'format'}): "
+                          "re-create the bundle with compress ship")
+    return info
+
+
+def check_files(folder: Path, info: dict) -> None:
+    """Every file the bundle lists must be present and unchanged since shipping."""
+    for name, record in info["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"bundle file {name} is missing from {folder}: copy the whole bundle folder, "
+                              "or re-create it with compress ship")
+        digest = sha256(path)
+        if digest != record["sha256"]:
+            raise BundleError(f"bundle file {name} is corrupt: sha256 {digest[:12]}... does not match model.json's "
+                              f"{record['sha256'][:12]}...; re-create the bundle with compress ship")
+    for key in ("onnx", "ort"):
+        if info["models"].get(key) not in info["files"]:
+            raise BundleError(f"model.json names {info['models'].get(key)!r} as the {key} model but does not list it "
+                              "with a sha256: re-create the bundle with compress ship")
+
+
+def open_session(path: Path, info: dict, model_format: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if model_format == "ort" and info.get("ort_format", {}).get("replay_saved_optimizations"):
+        options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt or unsupported models
+        raise BundleError(f"onnxruntime {ort.__version__} cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
+
+
+def check_signature(session: ort.InferenceSession, info: dict, model_name: str) -> str:
+    """The model's input must be the size model.json declares, and its output one score per class."""
+    inputs = session.get_inputs()
+    declared = [info["input"]["channels"], info["input"]["height"], info["input"]["width"]]
+    actual = list(inputs[0].shape[1:]) if len(inputs) == 1 else None
+    if actual != declared:
+        shape = ", ".join(str(d) for d in inputs[0].shape) if inputs else ""
+        raise BundleError(f"wrong input size: {model_name} takes input [{shape}] but model.json declares "
+                          f"[N, {', '.join(map(str, declared))}]; re-create the bundle")
+    classes = session.get_outputs()[0].shape[-1]
+    if isinstance(classes, int) and classes != len(info["classes"]):
+        raise BundleError(f"{model_name} scores {classes} classes but model.json lists {len(info['classes'])}; "
+                          "re-create the bundle")
+    return inputs[0].name
+
+
+def needs_inversion(pixels: np.ndarray, background: str) -> bool:
+    """Dark ink on a light page fed to a model trained on light ink on black (or the reverse)."""
+    border = np.concatenate([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1).mean()
+    return (background == "dark" and border > 0.5) or (background == "light" and border < 0.5)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Image files given directly, and every image file under given folders (sorted)."""
+    files = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BundleError(f"no image files in folder {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BundleError(f"image not found: {path}")
+    return files
+
+
+def percentiles(values_ms: list[float]) -> dict:
+    values = np.asarray(values_ms, dtype=np.float64)
+    return {"runs": len(values), "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean())}
+
+
+def classify(bundle: Bundle, files: list[Path], top_k: int, invert: str) -> tuple[list[dict], dict]:
+    results, pre_ms, infer_ms = [], [], []
+    for path in files:
+        started = time.perf_counter()
+        x = bundle.preprocess(path, invert)
+        pre_ms.append(1000 * (time.perf_counter() - started))
+        probs, elapsed = bundle.run(x)
+        infer_ms.append(elapsed)
+        order = np.argsort(-probs[0])[:top_k]
+        results.append({"file": str(path), "top": [{"label": bundle.classes[i], "probability": float(probs[0, i])}
+                                                    for i in order], "inference_ms": elapsed})
+    return results, {"images": len(files), "inference": percentiles(infer_ms), "preprocess": percentiles(pre_ms)}
+
+
+def self_test(bundle: Bundle) -> tuple[list[dict], int]:
+    """Run the bundle's known samples; returns their results and how many came back with their label."""
+    samples = bundle.info.get("samples", [])
+    if not samples:
+        raise BundleError("model.json lists no known samples: re-create the bundle with compress ship")
+    results, _ = classify(bundle, [bundle.folder / s["file"] for s in samples], 1, "auto")
+    correct = 0
+    for sample, result in zip(samples, results):
+        result["expected"] = sample["label"]
+        result["ok"] = result["top"][0]["label"] == sample["label"]
+        correct += result["ok"]
+    return results, correct
+
+
+def bench(bundle: Bundle, x: np.ndarray, runs: int) -> dict:
+    """Latency of the model alone at batch 1: warm-up, then ``runs`` timed runs."""
+    for _ in range(WARMUP_RUNS):
+        bundle.run(x)
+    return {"warmup_runs": WARMUP_RUNS, **percentiles([bundle.run(x)[1] for _ in range(runs)])}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Classify images with a bundle made by `compress ship` (onnxruntime, numpy and Pillow only).",
+        epilog="examples:\n  python classify.py runs/default/bundle digit.png scans/ --top-k 3\n"
+               "  python classify.py runs/default/bundle --self-test\n"
+               "  python classify.py runs/default/bundle --bench 1000 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", help="bundle folder (holds model.json)")
+    parser.add_argument("images", nargs="*", help="image files or folders of images")
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument("--format", dest="model_format", choices=["ort", "onnx"], default="ort",
+                        help="which bundled model runs: ort (default, what reduced builds load) or onnx")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                        help="invert image colours: auto (when the background is the opposite of the training "
+                             "images'), yes or no (default auto)")
+    parser.add_argument("--self-test", action="store_true", help="classify the bundle's known samples; exit 1 on a miss")
+    parser.add_argument("--bench", type=int, metavar="RUNS", default=0,
+                        help="also time RUNS inferences at batch 1 (after a warm-up) and report percentiles")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    args = parser.parse_args(argv)
+    if not args.images and not args.self_test and not args.bench:
+        parser.error("give images or folders to classify, --self-test, or --bench RUNS")
+    if args.top_k < 1 or args.threads < 0 or args.bench < 0:
+        parser.error("--top-k must be >= 1, --threads >= 0 and --bench >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        bundle = Bundle(Path(args.bundle), args.model_format, args.threads)
+        files = image_files(args.images)
+        results, latency = classify(bundle, files, args.top_k, args.invert) if files else ([], None)
+        checks, correct = self_test(bundle) if args.self_test else ([], 0)
+        timing = None
+        if args.bench:
+            first = files[0] if files else bundle.folder / bundle.info["samples"][0]["file"]
+            timing = bench(bundle, bundle.preprocess(first, args.invert), args.bench)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {"bundle": str(bundle.folder), "artifact": bundle.info.get("artifact"), "model": bundle.model_path.name,
+              "onnxruntime": ort.__version__, "threads": args.threads, "session_load_ms": bundle.load_ms,
+              "results": results, "latency": latency, "bench": timing}
+    if args.self_test:
+        report["self_test"] = {"correct": correct, "total": len(checks), "results": checks}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 1 if args.self_test and correct != len(checks) else 0
+
+
+def print_report(report: dict) -> None:
+    print(f"{report['model']} ({report['artifact']}) on onnxruntime {report['onnxruntime']}, "
+          f"{report['threads']} thread(s); session loaded in {report['session_load_ms']:.1f} ms")
+    for result in report["results"]:
+        top = "  ".join(f"{t['label']} {100 * t['probability']:5.1f}%" for t in result["top"])
+        print(f"{result['file']}: {top}  ({result['inference_ms']:.3f} ms)")
+    if report["latency"]:
+        lat = report["latency"]
+        print(f"latency: {lat['images']} image(s), inference p50 {lat['inference']['p50_ms']:.3f} ms, "
+              f"p90 {lat['inference']['p90_ms']:.3f} ms; preprocessing mean {lat['preprocess']['mean_ms']:.3f} ms")
+    if "self_test" in report:
+        test = report["self_test"]
+        for result in test["results"]:
+            if not result["ok"]:
+                print(f"MISS {result['file']}: expected {result['expected']}, got {result['top'][0]['label']}")
+        print(f"self-test: {test['correct']}/{test['total']} known samples correct")
+    if report["bench"]:
+        b = report["bench"]
+        print(f"bench: {b['runs']} runs at batch 1 after {b['warmup_runs']} warm-up: p50 {b['p50_ms']:.3f} ms, "
+              f"p90 {b['p90_ms']:.3f} ms, p99 {b['p99_ms']:.3f} ms, mean {b['mean_ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""edge_demo/python/classify.py, run in a virtualenv that has onnxruntime, numpy and Pillow but not
+torch nor compress, on a bundle shipped from the quick pipeline run."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from compress.ship import ShipBundleConfig, preprocess_image, ship
+
+APP = Path(__file__).resolve().parents[1] / "edge_demo" / "python" / "classify.py"
+
+
+@pytest.fixture(scope="session")
+def edge_python(tmp_path_factory) -> Path:
+    """A fresh virtualenv with only the app's three packages (pinned to the versions installed here, which pip
+    finds in its local cache), shared by the whole test session."""
+    venv = tmp_path_factory.mktemp("edge_venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pins = [f"onnxruntime=={version('onnxruntime')}", f"numpy=={version('numpy')}", f"pillow=={version('pillow')}"]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+                   check=True, timeout=600, stdout=subprocess.DEVNULL)
+    return python
+
+
+@pytest.fixture(scope="module")
+def bundle(quick_run, tmp_path_factory):
+    """The quick run's int8 bundle: (folder, model.json)."""
+    run_dir, _ = quick_run
+    out = tmp_path_factory.mktemp("edge_python") / "bundle"
+    return out, ship(ShipBundleConfig(artifact="int8"), run_dir, out)
+
+
+def run_app(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    # From a folder outside the repository, so nothing of compress can be picked up by accident.
+    return subprocess.run([str(python), str(APP), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def spec_of(info: dict) -> dict:
+    return {**info["input"], **info["preprocessing"], "background": info["drawing"]["background"]}
+
+
+def test_the_virtualenv_has_neither_torch_nor_compress(edge_python, tmp_path):
+    for module in ("torch", "compress"):
+        result = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path)
+        assert result.returncode != 0, f"{module} is importable in the edge virtualenv"
+    assert subprocess.run([str(edge_python), "-c", "import onnxruntime, numpy, PIL"], cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("model_format", ["ort", "onnx"])
+def test_self_test_passes(edge_python, bundle, tmp_path, model_format):
+    folder, info = bundle
+    result = run_app(edge_python, folder, "--self-test", "--format", model_format, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"self-test: {len(info['samples'])}/{len(info['samples'])} known samples correct" in result.stdout
+    assert f"model.{model_format} (int8)" in result.stdout
+
+
+def test_folder_top_k_matches_onnxruntime_in_python(edge_python, bundle, tmp_path):
+    folder, info = bundle
+    result = run_app(edge_python, folder, folder / "samples", "--top-k", "3", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(r["file"]).name for r in report["results"]] == sorted(Path(s["file"]).name for s in info["samples"])
+    session = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"])
+    for entry in report["results"]:
+        logits = session.run(None, {"input": preprocess_image(Path(entry["file"]), spec_of(info))})[0][0]
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = [info["classes"][i] for i in np.argsort(-probs)[:3]]
+        assert [t["label"] for t in entry["top"]] == top
+        assert [t["probability"] for t in entry["top"]] == pytest.approx(sorted(probs, reverse=True)[:3], abs=1e-6)
+        assert entry["top"][0]["label"] == Path(entry["file"]).stem.split("_", 1)[1]
+    latency = report["latency"]
+    assert latency["images"] == len(info["samples"]) and 0 < latency["inference"]["p50_ms"] <= latency["inference"]["p99_ms"]
+    assert report["session_load_ms"] > 0 and report["onnxruntime"] == version("onnxruntime")
+
+
+def test_text_report_and_bench(edge_python, bundle, tmp_path):
+    folder, info = bundle
+    image = folder / info["samples"][0]["file"]
+    result = run_app(edge_python, folder, image, "--bench", "50", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{image}: {info['samples'][0]['label']} " in result.stdout
+    assert "latency: 1 image(s), inference p50" in result.stdout
+    assert "bench: 50 runs at batch 1 after 20 warm-up: p50" in result.stdout
+
+
+def test_dark_ink_on_white_is_inverted_automatically(edge_python, bundle, tmp_path):
+    folder, info = bundle
+    sample = info["samples"][0]
+    with Image.open(folder / sample["file"]) as img:
+        Image.eval(img, lambda v: 255 - v).save(tmp_path / "inverted.png")
+    auto = json.loads(run_app(edge_python, folder, tmp_path / "inverted.png", "--json", cwd=tmp_path).stdout)
+    plain = json.loads(run_app(edge_python, folder, tmp_path / "inverted.png", "--json", "--invert", "no",
+                               cwd=tmp_path).stdout)
+    original = json.loads(run_app(edge_python, folder, folder / sample["file"], "--json", cwd=tmp_path).stdout)
+    assert auto["results"][0]["top"] == original["results"][0]["top"]
+    assert plain["results"][0]["top"] != original["results"][0]["top"]
+
+
+def _missing_file(folder: Path, info: dict) -> None:
+    (folder / "model.ort").unlink()
+
+
+def _hash_mismatch(folder: Path, info: dict) -> None:
+    with open(folder / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+
+
+def _wrong_input_size(folder: Path, info: dict) -> None:
+    info["input"].update(height=28, width=28)
+    (folder / "model.json").write_text(json.dumps(info))
+
+
+def _no_model_json(folder: Path, info: dict) -> None:
+    (folder / "model.json").unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_missing_file, r"^error: bundle file model\.ort is missing from .*: copy the whole bundle folder"),
+    (_hash_mismatch, r"^error: bundle file model\.onnx is corrupt: sha256 [0-9a-f]{12}\.\.\. does not match"),
+    (_wrong_input_size, r"^error: wrong input size: model\.ort takes input \[batch, 1, 8, 8\] but model\.json "
+                        r"declares \[N, 1, 28, 28\]"),
+    (_no_model_json, r"^error: .*model\.json is missing: .* is not a bundle made by `compress ship`"),
+])
+def test_bad_bundles_get_one_clear_line(edge_python, bundle, tmp_path, damage, message):
+    folder, info = bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    damage(copy, json.loads(json.dumps(info)))
+    result = run_app(edge_python, copy, "--self-test", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+def test_missing_image_and_failed_self_test(edge_python, bundle, tmp_path):
+    folder, info = bundle
+    missing = run_app(edge_python, folder, tmp_path / "nope.png", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: image not found: {tmp_path / 'nope.png'}"
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    wrong = json.loads(json.dumps(info))
+    wrong["samples"][0]["label"] = "5" if wrong["samples"][0]["label"] != "5" else "6"
+    (copy / "model.json").write_text(json.dumps(wrong))  # model.json is not hashed: the self-test must catch it
+    result = run_app(edge_python, copy, "--self-test", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"MISS {copy / info['samples'][0]['file']}: expected {wrong['samples'][0]['label']}" in result.stdout
+    assert f"self-test: {len(info['samples']) - 1}/{len(info['samples'])} known samples correct" in result.stdout
