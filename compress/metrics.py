@@ -44,8 +44,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 # ONNX ops whose weight count is a multiply-accumulate per output element (float and quantized forms)
 _CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}
-_MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
-_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+_MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"}
+_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3,
+                 "QGemm": 3}
 
 
 def onnx_stats(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict:
@@ -53,11 +54,7 @@ def onnx_stats(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> di
     batch 1, read from the graph with shape inference, so it works for any ONNX model, fp32 or int8.
     ``dims`` sets symbolic input dims past the first axis, by name ("seq") or "input:axis"; unset ones count as 1."""
     model = _with_batch_one(model, dims or {})
-    inferred = shape_inference.infer_shapes(model)
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    shapes = _infer_shapes(model)
     constants = {init.name: list(init.dims) for init in model.graph.initializer}
     for node in model.graph.node:  # weights stored as Constant nodes
         if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
@@ -80,11 +77,57 @@ def onnx_stats(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> di
                 macs += int(np.prod(out_dims)) * a_dims[-1]
         if weight_dims is not None:
             params += int(np.prod(weight_dims))
-        bias_index = {"Conv": 2, "Gemm": 2, "QLinearConv": 8}.get(node.op_type)
+        bias_index = {"Conv": 2, "Gemm": 2, "QLinearConv": 8, "QGemm": 6}.get(node.op_type)
         if bias_index is not None and len(node.input) > bias_index and node.input[bias_index]:
             bias_dims = _constant_dims(node.input[bias_index], constants, producers)
             params += int(np.prod(bias_dims)) if bias_dims else 0
     return {"params": params, "macs": macs}
+
+
+def _infer_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """onnx's shape inference, carried through the com.microsoft ops of QOperator int8 graphs (QLinearAdd,
+    QGemm, ...) that it does not know: their output shapes are added and inference rerun, else every
+    layer after the first residual add would have no shape (and no MACs)."""
+    for _ in range(len(model.graph.node) + 1):
+        inferred = shape_inference.infer_shapes(model)
+        shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+        types = {init.name: init.data_type for init in model.graph.initializer}
+        for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+            types[value.name] = value.type.tensor_type.elem_type
+        added = False
+        for node in model.graph.node:
+            known = shapes.get(node.output[0])
+            if node.domain != "com.microsoft" or (known and None not in known):
+                continue
+            shape = _contrib_output_shape(node, shapes)
+            if shape is not None:
+                elem_type = types.get(node.input[8] if node.op_type == "QGemm" and len(node.input) > 8 else node.input[0],
+                                      onnx.TensorProto.FLOAT)
+                model.graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], elem_type, shape))
+                added = True
+        if not added:
+            return shapes
+    return shapes
+
+
+def _contrib_output_shape(node: onnx.NodeProto, shapes: dict) -> list[int] | None:
+    def shape(index: int):
+        dims = shapes.get(node.input[index]) if len(node.input) > index else None
+        return dims if dims and None not in dims else None
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("QLinearAdd", "QLinearMul") and shape(0) and shape(3):
+        return list(np.broadcast_shapes(tuple(shape(0)), tuple(shape(3))))
+    if node.op_type in ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax") and shape(0):
+        return shape(0)
+    if node.op_type == "QLinearGlobalAveragePool" and shape(0):
+        n, *rest = shape(0)
+        return [n, *([1] * (len(rest) - 1)), rest[-1]] if attrs.get("channels_last") else [n, rest[0], *([1] * (len(rest) - 1))]
+    if node.op_type == "QGemm" and shape(0) and shape(3):
+        m = shape(0)[1] if attrs.get("transA") else shape(0)[0]
+        return [m, shape(3)[0] if attrs.get("transB") else shape(3)[1]]
+    return None
 
 
 def _constant_dims(name: str, constants: dict, producers: dict) -> list[int] | None:

@@ -130,6 +130,8 @@ def _run_stage(run_dir: Path, manifest: dict, old_stages: dict, name: str, stage
         }
         save_manifest(run_dir, manifest)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            checkpoint_dir.parent.rmdir()  # when no other stage's checkpoints are left
     distributed.barrier()  # the other processes read this stage's outputs next
     return outputs
 

@@ -116,6 +116,15 @@ def float16_nodes(model: onnx.ModelProto) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type not in EXACT_OPS]
 
 
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type (TensorProto enum) of every tensor ONNX shape inference can type."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    return types
+
+
 def check_node_names(model: onnx.ModelProto, names: list[str], key: str, path: Path) -> None:
     known = [node.name for node in model.graph.node]
     missing = [name for name in names if name not in known]
@@ -168,6 +177,52 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so each comes after the producers of its inputs (onnxruntime's fp16 converter appends
+    the Cast nodes of kept float32 inputs at the end, which onnx.checker rejects)."""
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            return model  # a cycle or a missing input: leave it for onnx.checker to report
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [node for node in pending if node not in ready]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+# Nodes whose float weights onnxruntime's WeightBiasQuantization transformer quantizes (per-tensor int8)
+# at session load when their input comes from a DequantizeLinear.
+WEIGHT_QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def protect_fp32_nodes(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """Keep excluded nodes really fp32. onnxruntime's WeightBiasQuantization (graph optimization level
+    basic and above) quantizes the float weights of a Conv/ConvTranspose/Gemm fed by DequantizeLinear when
+    the session loads, which silently undoes nodes_to_exclude; a one-input Max (an exact identity that no
+    optimizer removes) between the DequantizeLinear and the node stops it. Returns the nodes guarded."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    wanted = set(names)
+    nodes, guarded = [], []
+    for node in model.graph.node:
+        source = producers.get(node.input[0]) if node.input else None
+        if (node.name in wanted and node.op_type in WEIGHT_QUANTIZED_AT_LOAD and source is not None
+                and source.op_type == "DequantizeLinear"):
+            barrier = onnx.helper.make_node("Max", [node.input[0]], [f"{node.input[0]}_fp32_guard"],
+                                            name=f"{node.name}_fp32_guard")
+            nodes.append(barrier)
+            node.input[0] = barrier.output[0]
+            guarded.append(node.name)
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return guarded
+
+
 # How onnxruntime and onnx name a node in their errors.
 NODE_PATTERNS = (re.compile(r"node with name '([^']+)'", re.I), re.compile(r"\bnode \(([^)]+)\)", re.I),
                  re.compile(r"node name: ?([^),]+)", re.I), re.compile(r"\bnode '([^']+)'", re.I))
@@ -183,15 +238,24 @@ def node_in_message(message: str) -> str | None:
 
 
 def unresolved_shape_node(model: onnx.ModelProto) -> tuple[str, str, str] | None:
-    """(node, op type, message) of the first node strict ONNX shape inference cannot handle, if any."""
+    """(node, op type, why) of the first node whose output shape ONNX shape inference cannot resolve:
+    one it rejects (strict mode names it), or else the first whose output rank stays unknown."""
     try:
-        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as exc:  # InferenceError names the node and op in its text
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         match = re.search(r"op_type:\s*(\w+),\s*node name:\s*([^)]*)\)", text)
-        if match:
-            return match.group(2).strip(), match.group(1), text
-        return "", "", text
+        return (match.group(2).strip(), match.group(1), text) if match else ("", "", text)
+    graph = inferred.graph
+    typed = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    typed.update({init.name: None for init in graph.initializer})
+    for node in graph.node:
+        for output in node.output:
+            if output in typed and typed[output] is None:
+                continue
+            value = typed.get(output)
+            if value is None or (value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")):
+                return node.name, node.op_type, f"the rank of its output {output!r} is unknown"
     return None
 
 
@@ -349,7 +413,7 @@ def layer_markdown(rows: list[dict], title: str, notes: list[str]) -> str:
     lines += ["", "Columns: *scale*/*zero point* of the node's input activation (weights: per-channel scale range); "
               "*rounding SQNR*: that tensor against its own quantize-dequantize in the final model; *output SQNR*: "
               "the node's output in the final model against fp32 (errors of earlier layers included); *alone*: the "
-              "model with only this node quantized, against fp32 on the validation split (logit SQNR, accuracy "
+              "model with only this node quantized, against fp32 on validation samples (logit SQNR, accuracy "
               "points lost); *share of drop*: this node's share of the summed logit error of those single-node "
               "models, the error that costs accuracy. SQNR = 20 log10(|x| / |x - q(x)|), higher is better."]
     return "\n".join(lines) + "\n"

@@ -164,7 +164,6 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     ctx = distributed.context()
     device = torch.device(ctx.device)
     modules = [model, *extra_modules]
-    start = _weights_digest(modules)
     for module in (*modules, *frozen_modules):
         module.to(device)
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
@@ -174,7 +173,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
     store = _store(checkpoint_dir, desc)
     identity = {"format": CHECKPOINT_FORMAT, "key": store.key if store else "", "desc": desc, "train": asdict(cfg),
-                "train_size": len(data.train), "module_count": len(modules), "start": start}
+                "train_size": len(data.train), "module_count": len(modules),
+                "start": _weights_digest(modules) if store else ""}
     if ctx.enabled and ctx.is_main:
         tqdm.write(f"{desc}: data-parallel over {ctx.world_size} processes ({ctx.backend}), "
                    f"{local_batch} of every {cfg.batch_size} samples per process and step")

@@ -5,14 +5,14 @@ arrays in an .npz (``inputs``) or from a labelled dataset, which also gives accu
 precision/recall/F1. Latency follows MLPerf's single-stream rules: warm up until latency is steady,
 then time at least ``min_runs`` runs and ``min_seconds``; p90 is the single-stream figure, and
 p50/p95/p99/mean/std come with it. Throughput over batch sizes, an intra-/inter-op threads sweep,
-cold start and peak resident memory (a fresh subprocess per model), input-transfer cost on GPU
-providers (IOBinding) and the top operators from onnxruntime's profiler complete the picture.
+cold start and peak resident memory, input-transfer cost on GPU providers (IOBinding) and the top
+operators from onnxruntime's profiler complete the picture. All timing loops and the cold-start and
+memory probe run in a fresh worker process per model that imports only numpy and onnxruntime
+(compress/worker.py), so every model starts from the same state as an app that ships onnxruntime.
 Results: a terminal table, Markdown, versioned JSON (``SCHEMA_VERSION``) and optional PNG plots.
 """
 from __future__ import annotations
 
-import functools
-import gc
 import itertools
 import json
 import shutil
@@ -37,6 +37,7 @@ from compress.onnxutil import (EXECUTION_MODES, OPTIMIZATION_LEVELS, InputSpec, 
                                generated_feed, input_specs, load_onnx, make_session, parse_key_values, predict,
                                provider_chain, resolve_provider)
 from compress.report import markdown_table
+from compress.worker import Timing, measure, warm_up  # noqa: F401  (warm_up: part of this stage's API)
 
 SCHEMA = "compress.benchmark"
 SCHEMA_VERSION = 1  # bump when a key of benchmark.json changes meaning or goes away (adding keys keeps it)
@@ -44,9 +45,9 @@ WARMUP_MODES = ("steady", "fixed")
 # Providers that compute in device memory, and onnxruntime's device name for IOBinding there.
 DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 PROFILE_WARMUP_RUNS = 5  # profiled runs left out of the operator summary (first-run allocations)
-PROBE_RUNS = 10  # runs after the first one in the cold-start probe, so the memory peak includes steady state
+COLD_START_RUNS = 10  # runs after the first one in the cold-start worker, so the memory peak includes steady state
 MAX_SAVED_SAMPLES = 2000  # raw latencies kept in the JSON (every k-th run, in time order) for plots and re-analysis
-PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "compress" / "probe.py"
+WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "compress" / "worker.py"
 
 
 @dataclass
@@ -158,6 +159,8 @@ def run(cfg: BenchmarkConfig, model_paths: dict[str, Path], data: Dataset | None
 
 def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_dir: Path | None = None,
                     name: str | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Every measurement of one model. Timing runs in a fresh worker process (compress/worker.py); this
+    process checks the inputs, reads the graph's statistics, profiles and scores accuracy."""
     path, name = Path(path), name or Path(path).stem
     progress = progress or (lambda phase: None)
     provider = resolve_provider(cfg.provider)
@@ -185,21 +188,22 @@ def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_
     }
     progress("load")
 
-    timing = measure(functools.partial(session.run, None, feed), cfg)
-    stride = -(-len(timing.samples_ms) // MAX_SAVED_SAMPLES)
-    result.update({"latency_batch": batch, **latency_summary(timing.samples_ms), "warmup_runs": timing.warmup_runs,
-                   "steady": timing.steady, "latencies_stride": stride,
-                   "latencies_ms": [round(float(t), 5) for t in timing.samples_ms[::stride]]})
-    progress("latency")
-
-    result.update(measure_throughput(session, specs, feed_for, batch, timing, cfg))
-    progress("throughput")
+    feeds, jobs = timing_jobs(specs, feed_for, batch, feed, cfg)
+    timings = time_in_worker(path, cfg, feeds, jobs, progress)
+    latency = timings["latency"]
+    stride = -(-len(latency.samples_ms) // MAX_SAVED_SAMPLES)
+    result.update({"latency_batch": batch, **latency_summary(latency.samples_ms), "warmup_runs": latency.warmup_runs,
+                   "steady": latency.steady, "latencies_stride": stride,
+                   "latencies_ms": [round(float(t), 5) for t in latency.samples_ms[::stride]]})
+    result.update(throughput_table(specs, batch, timings, cfg))
     if cfg.threads_sweep or cfg.inter_op_sweep:
-        result["threads_sweep"] = threads_sweep(path, feed, cfg, timing)
-        progress("threads sweep")
+        result["threads_sweep"] = [{"intra_op_threads": intra, "inter_op_threads": inter,
+                                    "execution_mode": cfg.execution_mode,
+                                    **_pick(latency_summary(timings[_sweep_job(intra, inter, cfg)].samples_ms))}
+                                   for intra, inter in _sweep(cfg)]
     if provider in DEVICE_OF_PROVIDER:
         device_id = int(cfg.provider_option_values().get("device_id", 0))
-        result["transfer"] = measure_transfer(session, feed, DEVICE_OF_PROVIDER[provider], device_id, cfg, timing)
+        result["transfer"] = measure_transfer(session, feed, DEVICE_OF_PROVIDER[provider], device_id, cfg)
         progress("transfer")
     else:
         result["transfer"] = {"applicable": False, "reason": _no_transfer_reason(provider)}
@@ -266,53 +270,72 @@ def _input_source(data: Dataset | None, cfg: BenchmarkConfig) -> str:
     return f"generated from the signature (seed {cfg.seed}; floats N(0,1), integers in [0, {cfg.int_high}))"
 
 
-@dataclass
-class Timing:
-    samples_ms: np.ndarray  # one wall time per timed run
-    warmup_runs: int  # untimed runs before them
-    steady: bool | None  # whether warm-up reached steady latency (None: a fixed warm-up count)
+def _throughput_batches(latency_batch: int | None, cfg: BenchmarkConfig) -> list[int]:
+    """Batch sizes of the throughput table besides the latency batch (none when the shapes are fixed)."""
+    if latency_batch is None:
+        return []
+    return [b for b in sorted({*cfg.batch_sizes, cfg.throughput_batch}) if b != latency_batch]
 
 
-def measure(fn: Callable[[], object], cfg: BenchmarkConfig, min_runs: int | None = None) -> Timing:
-    """Warm up, then time ``fn`` at least ``min_runs`` times and for at least ``cfg.min_seconds``."""
-    min_runs = cfg.min_runs if min_runs is None else min_runs
-    warmup_runs, steady = warm_up(fn, cfg)
-    times = []
-    gc_enabled = gc.isenabled()
-    gc.disable()  # a garbage-collector pause would land in the tail percentiles of whichever model it hit
-    try:
-        started = time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - started < cfg.min_seconds:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    finally:
-        if gc_enabled:
-            gc.enable()
-    return Timing(np.array(times) * 1e3, warmup_runs, steady)
+def _sweep(cfg: BenchmarkConfig) -> list[tuple[int, int]]:
+    return list(itertools.product(cfg.threads_sweep or [cfg.threads], cfg.inter_op_sweep or [cfg.inter_op_threads]))
 
 
-def warm_up(fn: Callable[[], object], cfg: BenchmarkConfig) -> tuple[int, bool | None]:
-    """``cfg.warmup_runs`` untimed runs; in steady mode, then windows of runs until two consecutive
-    window medians agree within ``cfg.steady_tolerance`` (or ``cfg.warmup_max_seconds`` pass)."""
-    for _ in range(cfg.warmup_runs):
-        fn()
-    if cfg.warmup == "fixed":
-        return cfg.warmup_runs, None
-    runs, previous, started = cfg.warmup_runs, None, time.perf_counter()
-    while True:
-        window = []
-        for _ in range(cfg.steady_window):
-            begin = time.perf_counter()
-            fn()
-            window.append(time.perf_counter() - begin)
-        runs += cfg.steady_window
-        median = float(np.median(window))
-        if previous is not None and abs(median - previous) <= cfg.steady_tolerance * previous:
-            return runs, True
-        if time.perf_counter() - started >= cfg.warmup_max_seconds:
-            return runs, False
-        previous = median
+def _sweep_job(intra: int, inter: int, cfg: BenchmarkConfig) -> str:
+    return "latency" if (intra, inter) == (cfg.threads, cfg.inter_op_threads) else f"threads_{intra}x{inter}"
+
+
+def timing_jobs(specs: list[InputSpec], feed_for, latency_batch: int | None, feed: dict, cfg: BenchmarkConfig):
+    """The feeds and the worker's jobs: latency, then each throughput batch, then each threads setting."""
+    feeds = {"latency": feed}
+    jobs = [{"name": "latency", "feed": "latency", "intra_op": cfg.threads, "inter_op": cfg.inter_op_threads,
+             "min_runs": cfg.min_runs, "phase": "latency"}]
+    for batch in _throughput_batches(latency_batch, cfg):
+        feeds[f"batch_{batch}"] = feed_for(batch)
+        jobs.append({"name": f"batch_{batch}", "feed": f"batch_{batch}", "intra_op": cfg.threads,
+                     "inter_op": cfg.inter_op_threads, "min_runs": max(10, cfg.min_runs // 10), "phase": "throughput"})
+    if cfg.threads_sweep or cfg.inter_op_sweep:
+        for intra, inter in _sweep(cfg):
+            if _sweep_job(intra, inter, cfg) != "latency":
+                jobs.append({"name": _sweep_job(intra, inter, cfg), "feed": "latency", "intra_op": intra,
+                             "inter_op": inter, "min_runs": cfg.min_runs, "phase": "threads sweep"})
+    return feeds, jobs
+
+
+def time_in_worker(path: Path, cfg: BenchmarkConfig, feeds: dict[str, dict], jobs: list[dict],
+                   progress: Callable[[str], None]) -> dict[str, Timing]:
+    """Run the timing jobs in one fresh worker process; report each phase as its last job finishes."""
+    rules = {key: getattr(cfg, key) for key in ("warmup", "warmup_runs", "steady_window", "steady_tolerance",
+                                                 "warmup_max_seconds", "min_runs", "min_seconds")}
+    last_of_phase = {job["phase"]: job["name"] for job in jobs}
+    ends_phase = {name: phase for phase, name in last_of_phase.items()}
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, feed in feeds.items():
+            np.savez(Path(tmp) / f"feed_{label}.npz", *feed.values())
+        settings = {**_worker_settings(path, cfg), "input_names": list(feeds["latency"]), "dir": tmp, "rules": rules,
+                    "jobs": jobs}
+        with subprocess.Popen([sys.executable, str(WORKER_SCRIPT), "time", json.dumps(settings)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as worker:
+            for line in worker.stdout:
+                report = json.loads(line)
+                samples = np.load(Path(tmp) / f"samples_{report['name']}.npy")
+                timings[report["name"]] = Timing(samples, report["warmup_runs"], report["steady"])
+                if report["name"] in ends_phase:
+                    progress(ends_phase[report["name"]])
+            errors = worker.stderr.read()
+        if worker.returncode != 0 or len(timings) != len(jobs):
+            reason = (errors.strip().splitlines() or ["no output"])[-1]
+            raise CompressError(f"the timing worker failed on {path}: {reason}")
+    if "throughput" not in last_of_phase:
+        progress("throughput")  # measured by the latency job itself
+    return timings
+
+
+def _worker_settings(path: Path, cfg: BenchmarkConfig) -> dict:
+    return {"model": str(Path(path).resolve()), "providers": provider_chain(cfg.provider, cfg.provider_option_values()),
+            "optimization": OPTIMIZATION_LEVELS[cfg.optimization],
+            "execution_mode": EXECUTION_MODES[cfg.execution_mode]}
 
 
 def latency_summary(latencies_ms: np.ndarray) -> dict:
@@ -323,8 +346,12 @@ def latency_summary(latencies_ms: np.ndarray) -> dict:
             "runs": int(len(latencies_ms)), "duration_s": float(latencies_ms.sum() / 1e3)}
 
 
-def measure_throughput(session, specs: list[InputSpec], feed_for, latency_batch: int | None, latency: Timing,
-                       cfg: BenchmarkConfig) -> dict:
+def _pick(summary: dict) -> dict:
+    return {key: summary[key] for key in ("p50_ms", "p90_ms", "mean_ms", "runs")}
+
+
+def throughput_table(specs: list[InputSpec], latency_batch: int | None, timings: dict[str, Timing],
+                     cfg: BenchmarkConfig) -> dict:
     """Samples per second (batch / mean batch latency) at each batch size. A model with fixed shapes
     is measured only at its own batch."""
     def entry(batch: int, timing: Timing) -> dict:
@@ -334,54 +361,33 @@ def measure_throughput(session, specs: list[InputSpec], feed_for, latency_batch:
 
     if latency_batch is None:
         fixed = next((spec.shape[0] for spec in specs if spec.shape), 1)
-        return {"throughput": [entry(fixed, latency)], "throughput_batch": fixed,
-                "throughput_sps": entry(fixed, latency)["samples_per_s"],
+        row = entry(fixed, timings["latency"])
+        return {"throughput": [row], "throughput_batch": fixed, "throughput_sps": row["samples_per_s"],
                 "throughput_note": f"the model's shapes are fixed: measured at its batch of {fixed} only"}
-    table = []
-    for batch in sorted({*cfg.batch_sizes, cfg.throughput_batch}):
-        if batch == latency_batch:
-            table.append(entry(batch, latency))
-        else:
-            feed = feed_for(batch)
-            table.append(entry(batch, measure(functools.partial(session.run, None, feed), cfg,
-                                              min_runs=max(10, cfg.min_runs // 10))))
+    table = [entry(latency_batch, timings["latency"])]
+    table += [entry(batch, timings[f"batch_{batch}"]) for batch in _throughput_batches(latency_batch, cfg)]
+    table.sort(key=lambda row: row["batch"])
     headline = next(row for row in table if row["batch"] == cfg.throughput_batch)
     return {"throughput": table, "throughput_batch": cfg.throughput_batch, "throughput_sps": headline["samples_per_s"]}
 
 
-def threads_sweep(path: Path, feed: dict, cfg: BenchmarkConfig, latency: Timing) -> list[dict]:
-    """Latency at each (intra-op, inter-op) thread count, a fresh session each."""
-    rows = []
-    for intra, inter in itertools.product(cfg.threads_sweep or [cfg.threads], cfg.inter_op_sweep or [cfg.inter_op_threads]):
-        if (intra, inter) == (cfg.threads, cfg.inter_op_threads):
-            timing = latency
-        else:
-            session = _session(path, cfg, threads=intra, inter_op_threads=inter)
-            timing = measure(functools.partial(session.run, None, feed), cfg)
-        summary = latency_summary(timing.samples_ms)
-        rows.append({"intra_op_threads": intra, "inter_op_threads": inter, "execution_mode": cfg.execution_mode,
-                     **{key: summary[key] for key in ("p50_ms", "p90_ms", "mean_ms", "runs")}})
-    return rows
-
-
-def measure_transfer(session, feed: dict, device: str, device_id: int, cfg: BenchmarkConfig,
-                     host_io: Timing | None = None) -> dict:
-    """Input/output transfer cost with IOBinding: the same run with host arrays (copies included) and with
-    inputs already on the device and outputs left there; plus the upload and download on their own."""
+def measure_transfer(session, feed: dict, device: str, device_id: int, cfg: BenchmarkConfig) -> dict:
+    """Input/output transfer cost with IOBinding, in this process: the same run with host arrays (copies
+    included) and with inputs already on the device and outputs left there; plus upload and download alone."""
     import onnxruntime as ort
 
-    host_io = host_io or measure(functools.partial(session.run, None, feed), cfg)
+    host_io = measure(lambda: session.run(None, feed), cfg)
 
     def upload() -> dict:
         return {name: ort.OrtValue.ortvalue_from_numpy(array, device, device_id) for name, array in feed.items()}
 
     device_inputs = upload()  # kept referenced: the binding does not own them
     binding = session.io_binding()
-    for name, value in device_inputs.items():
-        binding.bind_ortvalue_input(name, value)
+    for input_name, value in device_inputs.items():
+        binding.bind_ortvalue_input(input_name, value)
     for output in session.get_outputs():
         binding.bind_output(output.name, device, device_id)
-    resident = measure(functools.partial(session.run_with_iobinding, binding), cfg)
+    resident = measure(lambda: session.run_with_iobinding(binding), cfg)
     uploads = measure(upload, cfg)
     downloads = measure(binding.copy_outputs_to_cpu, cfg)
     host_p50, resident_p50 = float(np.median(host_io.samples_ms)), float(np.median(resident.samples_ms))
@@ -450,23 +456,21 @@ def summarize_profile(events: list[dict], skip_runs: int, top: int) -> dict:
 
 
 def cold_start(path: Path, feed: dict, cfg: BenchmarkConfig) -> dict:
-    """Session creation + first run and peak resident memory, in a fresh Python process per model."""
-    providers = provider_chain(cfg.provider, cfg.provider_option_values())
+    """Session creation + first run and peak resident memory, in a fresh worker process per model."""
     with tempfile.TemporaryDirectory() as tmp:
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, *feed.values())
-        settings = {"model": str(Path(path).resolve()), "feed": str(feed_path), "input_names": list(feed),
-                    "providers": providers, "intra_op": cfg.threads, "inter_op": cfg.inter_op_threads,
-                    "optimization": OPTIMIZATION_LEVELS[cfg.optimization],
-                    "execution_mode": EXECUTION_MODES[cfg.execution_mode], "runs": PROBE_RUNS}
-        done = subprocess.run([sys.executable, str(PROBE_SCRIPT), json.dumps(settings)], capture_output=True, text=True)
+        settings = {**_worker_settings(path, cfg), "feed": str(feed_path), "input_names": list(feed),
+                    "intra_op": cfg.threads, "inter_op": cfg.inter_op_threads, "runs": COLD_START_RUNS}
+        done = subprocess.run([sys.executable, str(WORKER_SCRIPT), "cold_start", json.dumps(settings)],
+                              capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CompressError(f"the cold-start probe failed on {path}: {reason}")
+        raise CompressError(f"the cold-start worker failed on {path}: {reason}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["method"] = (f"fresh Python process importing only numpy and onnxruntime: session creation, first run, then "
-                        f"{PROBE_RUNS} more runs; memory is the process's peak resident set (VmHWM on Linux, else ru_maxrss), "
-                        "model_rss_mb its growth after the imports (host memory only, the OS file cache is warm)")
+                        f"{COLD_START_RUNS} more runs; memory is the process's peak resident set (VmHWM on Linux, else "
+                        "ru_maxrss), model_rss_mb its growth after the imports (host memory only, the OS file cache is warm)")
     return result
 
 

@@ -63,6 +63,7 @@ class PruneConfig:
     steps: int = 20  # target=latency: most pruning steps per round, each followed by export and timing
     step_fraction: float = 0.1  # target=latency: each step removes this share of the current MACs
     verify_samples: int = 64  # real test samples of the ONNX parity check after every pruning step
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on training batches after each pruning step
     temperature: float = 4.0  # distillation temperature of the fine-tune
     alpha: float = 0.9  # soft-target weight of the fine-tune
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))  # per round
@@ -290,6 +291,8 @@ def prune_step(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: PruneCo
             accuracies[criterion] = evaluate(trial, data.val)
         chosen = max(criteria, key=lambda c: accuracies[c])
     candidate, records, used_ratio = trials[chosen]
+    if cfg.recalibrate_bn:
+        recalibrate_bn(candidate, data)
     onnx_path = work / f"step-{label.replace(' ', '-')}.onnx"
     parity = verify_step(model, candidate, records, data, cfg, onnx_path, label)
     stats = _stats(candidate, data.input_shape)
@@ -336,9 +339,9 @@ def one_thread():
 
 
 def _prune(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: list[str], ratio: float, criterion: str):
-    # random importance must give the same channels for the same ratio within a search
-    torch.manual_seed(cfg.finetune.seed)
-    return prune_copy(model, data.input_shape, ratio, criterion, cfg.global_pruning, cfg.round_to, tuple(protected))
+    with torch.random.fork_rng(devices=[]):  # random importance: the same channels for the same ratio, and the
+        torch.manual_seed(cfg.finetune.seed)  # fine-tune's random stream left as it was
+        return prune_copy(model, data.input_shape, ratio, criterion, cfg.global_pruning, cfg.round_to, tuple(protected))
 
 
 def _accumulate_kd_gradients(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: PruneConfig,
@@ -368,7 +371,7 @@ def recalibrate_bn(model: nn.Module, data: Dataset, num_batches: int = 16, batch
         norm.reset_running_stats()
         norm.momentum = None  # a plain average over the batches
     model.train()
-    for index, (x_np, _) in enumerate(batches(data.train, batch_size)):
+    for index, (x_np, _) in enumerate(batches(data.train, batch_size, shuffle=True, rng=np.random.default_rng(0))):
         if index == num_batches:
             break
         model(torch.from_numpy(x_np))

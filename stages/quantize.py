@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 from tqdm import tqdm
 
@@ -74,6 +75,7 @@ class QuantizeConfig:
     max_fp32_nodes: int = 8  # accuracy-aware: at most this many nodes kept in fp32 (besides nodes_to_exclude)
     layer_report: bool = True  # write <name>_layers.md and <name>_layers.png beside the model
     report_samples: int = 64  # validation samples whose activations the layer report compares
+    sensitivity_samples: int = 256  # validation samples each single-node model is scored on (ranking, report)
     seed: int = 0  # which training samples calibrate
 
     def __post_init__(self) -> None:
@@ -92,7 +94,8 @@ class QuantizeConfig:
         for name in self.fallback_methods:
             if name not in METHODS:
                 raise ValueError(f"quantize.fallback_methods: {name!r} is not a method; choose from {', '.join(METHODS)}")
-        for name, low in (("calibration_samples", 1), ("report_samples", 1), ("threads", 0), ("max_fp32_nodes", 0)):
+        for name, low in (("calibration_samples", 1), ("report_samples", 1), ("sensitivity_samples", 1), ("threads", 0),
+                          ("max_fp32_nodes", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"quantize.{name} must be >= {low}, got {getattr(self, name)}")
         if not 90.0 <= self.percentile <= 100.0:
@@ -219,6 +222,7 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
         "val_drop_points": chosen["val_drop_points"], "max_accuracy_drop": cfg.max_accuracy_drop,
         "within_budget": chosen["within_budget"],
         "fp32_nodes": [{"node": node, "reason": why} for node, why in chosen["fp32_nodes"].items()],
+        "left_float_by_onnxruntime": work.left_float,
         "attempts": [_attempt_record(a) for result in results for a in result["attempts"]],
         "candidates": timings,
         "provider": provider, "cpu": support, "warnings": warnings,
@@ -242,6 +246,7 @@ class Workbench:
         self.fp32_val_accuracy = _accuracy(self.fp32_val_logits, data.val.y)
         self._builds = 0
         self._sensitivity: dict[tuple, list[dict]] = {}
+        self.left_float: list[str] = []
 
     # --- what to build ---------------------------------------------------------------------------
     def variants(self) -> list[Variant]:
@@ -265,13 +270,11 @@ class Workbench:
                 raise CompressError(f"quantize.op_types: onnxruntime cannot quantize {unknown[0]!r} in {cfg.mode} mode; "
                                     f"it can quantize {', '.join(sorted(supported))}")
             wanted = set(cfg.op_types or (DYNAMIC_OP_TYPES if cfg.mode == "dynamic" else supported))
-            candidates = [n for n in self.source_model.graph.node
-                          if n.op_type in wanted and n.name not in cfg.nodes_to_exclude]
-            if not candidates:
+            if not self.candidate_nodes():
                 present = sorted({n.op_type for n in self.source_model.graph.node})
                 raise CompressError(f"nothing to quantize in {self.model_path}: none of its nodes ({', '.join(present)}) "
-                                    f"is of a type {cfg.mode} quantization handles ({', '.join(sorted(wanted))}) "
-                                    "outside quantize.nodes_to_exclude")
+                                    f"is one that {cfg.mode} quantization computes in low precision ("
+                                    f"{', '.join(sorted(set(wanted) - qa.EXACT_OPS))}) outside quantize.nodes_to_exclude")
 
     # --- building and measuring ------------------------------------------------------------------
     def build(self, variant: Variant, method: str | None, exclude: list[str], only: list[str] | None = None) -> Path:
@@ -293,6 +296,12 @@ class Workbench:
                         weight_type=TYPES[variant.weight_type], nodes_to_quantize=only, nodes_to_exclude=exclude,
                         calibrate_method=METHODS[method], extra_options=extra,
                         calibration_cache_path=str(self.tmp / f"calibration_{method}.json"))
+                    float_nodes = list(exclude) if only is None else [
+                        n.name for n in self.source_model.graph.node if n.name not in only]
+                    if float_nodes:
+                        model = onnx.load(str(path))
+                        if qa.protect_fp32_nodes(model, float_nodes):
+                            onnx.save(model, str(path))
                 elif variant.kind == "dynamic":
                     from onnxruntime.quantization import quantize_dynamic
 
@@ -308,7 +317,7 @@ class Workbench:
                         n.name for n in self.source_model.graph.node if n.name not in only]
                     half = convert_float_to_float16(onnx.load(str(self.source)), keep_io_types=True,
                                                     node_block_list=blocked)
-                    onnx.save(half, str(path))
+                    onnx.save(qa.topologically_sorted(half), str(path))
         except CompressError:
             raise
         except Exception as exc:
@@ -324,7 +333,8 @@ class Workbench:
     def reader(self, x: np.ndarray) -> CalibrationReader:
         return CalibrationReader(x, self.input_name, 1 if self.fixed_batch else 32)
 
-    def logits(self, path: Path) -> np.ndarray:
+    def logits(self, path: Path, count: int | None = None) -> np.ndarray:
+        """Validation logits (the first ``count`` samples, else all)."""
         try:
             session = make_session(path, self.cfg.provider, 0)
         except CompressError as exc:
@@ -332,7 +342,7 @@ class Workbench:
             raise _named_error(f"onnxruntime cannot run the model quantized from {self.model_path}", cause,
                                "keep that node in fp32 with quantize.nodes_to_exclude, or change quantize.op_types "
                                "or quantize.weight_type") from exc
-        return predict(session, self.data.val.x).astype(np.float64)
+        return predict(session, self.data.val.x[:count]).astype(np.float64)
 
     def evaluate(self, variant: Variant, method: str | None, fp32_nodes: dict[str, str]) -> dict:
         path = self.build(variant, method, list(fp32_nodes))
@@ -356,6 +366,8 @@ class Workbench:
             attempt = self.evaluate(variant, method, fixed)
             attempt["step"] = f"calibration {method}" if method else variant.kind
             attempts.append(attempt)
+            if len(attempts) == 1:
+                self.check_converted(attempt["path"], variant)
             if best is None or attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
                 best = attempt
             if attempt["within_budget"]:
@@ -388,6 +400,37 @@ class Workbench:
                                                                      if cfg.accuracy_aware else ""))
         return {"variant": variant, "best": best, "attempts": attempts}
 
+    def candidate_nodes(self) -> list[onnx.NodeProto]:
+        """Nodes the mode should convert: of the wanted op types, computing (not exact ops), not excluded."""
+        cfg = self.cfg
+        wanted = set(cfg.op_types or (DYNAMIC_OP_TYPES if cfg.mode == "dynamic" else _supported_ops(cfg.mode)))
+        return [n for n in self.source_model.graph.node if n.op_type in wanted
+                and n.op_type not in qa.EXACT_OPS and n.name not in cfg.nodes_to_exclude]
+
+    def check_converted(self, path: Path, variant: Variant) -> None:
+        """Nodes onnxruntime's quantizer silently left in float are recorded; if it converted none, that is an
+        error naming the first one (and why, when its input is not float32)."""
+        if variant.kind == "fp16":
+            self.left_float = []
+            return
+        changed = set(qa.changed_nodes(self.source_model, onnx.load(str(path)), _qdq_ops()))
+        candidates = self.candidate_nodes()
+        # Add/Mul/... in QDQ compute on dequantized values but are fused into QLinear ops at load: not "left".
+        self.left_float = [n.name for n in candidates if n.name not in changed and
+                           (variant.kind != "static" or n.op_type in _qdq_ops() or variant.format == "qoperator")]
+        if changed or not candidates:
+            return
+        node = next((n for n in candidates if n.name in self.left_float), candidates[0])
+        types = qa.tensor_types(self.source_model)
+        why = ""
+        first = next((name for name in node.input if name), "")
+        if types.get(first, TensorProto.FLOAT) != TensorProto.FLOAT:
+            why = (f": its input {first!r} is {TensorProto.DataType.Name(types[first]).lower()}, and onnxruntime "
+                   "quantizes float32 tensors only")
+        raise CompressError(f"onnxruntime quantized none of the nodes of {self.model_path}: node {node.name!r} "
+                            f"({node.op_type}) was left in float{why}; export the model in float32, or use "
+                            "quantize.mode=fp16")
+
     def sensitivity(self, variant: Variant, method: str | None) -> list[dict]:
         """Each low-precision node ranked by the error of the model with only that node converted (made once
         per numerics and method)."""
@@ -396,9 +439,10 @@ class Workbench:
         if key not in self._sensitivity:
             nodes = self.analysed_nodes(numerics, method)
             progress = tqdm(nodes, desc="quantize: per-node sensitivity", unit="node", leave=False, disable=None)
+            count = self.cfg.sensitivity_samples
             self._sensitivity[key] = qa.node_sensitivity(
-                list(progress), lambda node: self.build(numerics, method, [], only=[node]), self.logits,
-                self.fp32_val_logits, self.data.val.y)
+                list(progress), lambda node: self.build(numerics, method, [], only=[node]),
+                lambda path: self.logits(path, count), self.fp32_val_logits[:count], self.data.val.y[:count])
         return self._sensitivity[key]
 
     def analysed_nodes(self, numerics: Variant, method: str | None) -> list[onnx.NodeProto]:
@@ -466,7 +510,9 @@ class Workbench:
         notes = [f"Model `{self.model_path.name}` -> `{output.name}`: {variant.name} ({variant.types}), "
                  f"calibration {method or 'none'}; validation accuracy {100 * self.fp32_val_accuracy:.2f}% fp32 -> "
                  f"{100 * chosen['val_accuracy']:.2f}% ({chosen['val_drop_points']:+.2f} points lost; budget "
-                 f"{self.cfg.max_accuracy_drop:g}). {len(chosen['fp32_nodes'])} node(s) kept in fp32."]
+                 f"{self.cfg.max_accuracy_drop:g}). {len(chosen['fp32_nodes'])} node(s) kept in fp32. Single-node "
+                 f"(*alone*) columns: first {min(self.cfg.sensitivity_samples, len(self.data.val.y))} validation "
+                 f"samples; SQNR columns: first {len(samples)}."]
         if variant.format == "qoperator":
             notes.append("The QOperator model's numbers were analysed on its QDQ twin (same types and ranges).")
         if variant.kind == "dynamic":
@@ -532,9 +578,9 @@ def _preprocess_error(model_path: Path, exc: Exception) -> CompressError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     found = qa.unresolved_shape_node(onnx.load(str(model_path)))
     if found and found[0]:
-        node, op_type, _ = found
-        return CompressError(f"cannot quantize {model_path}: shape inference cannot resolve the output of node "
-                             f"{node!r} ({op_type}): {first}; export the model with static shapes there, or set "
+        node, op_type, why = found
+        return CompressError(f"cannot quantize {model_path}: shape inference cannot resolve node {node!r} ({op_type}): "
+                             f"{why} ({first}); export the model with static shapes there, or set "
                              "quantize.preprocess=false to skip shape inference")
     node = qa.node_in_message(str(exc))
     where = f" at node {node!r}" if node else ""

@@ -68,3 +68,13 @@ def quick_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "quick"
     manifest = run_pipeline(PipelineConfig.quick(), run_dir)
     return run_dir, manifest
+
+
+@pytest.fixture(scope="session")
+def quick_toml(tmp_path_factory):
+    """The quick preset written as a config file, for `compress pipeline --config`."""
+    from compress.config import to_dict, to_toml
+
+    path = tmp_path_factory.mktemp("config") / "quick.toml"
+    path.write_text(to_toml(to_dict(PipelineConfig.quick())))
+    return path

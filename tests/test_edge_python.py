@@ -22,14 +22,14 @@ APP = Path(__file__).resolve().parents[1] / "edge_demo" / "python" / "classify.p
 
 @pytest.fixture(scope="session")
 def edge_python(tmp_path_factory) -> Path:
-    """A fresh virtualenv with only the app's three packages (pinned to the versions installed here, which pip
+    """A fresh virtualenv with only the app's requirements.txt (pinned to the versions installed here, which pip
     finds in its local cache), shared by the whole test session."""
     venv = tmp_path_factory.mktemp("edge_venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     pins = [f"onnxruntime=={version('onnxruntime')}", f"numpy=={version('numpy')}", f"pillow=={version('pillow')}"]
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
-                   check=True, timeout=600, stdout=subprocess.DEVNULL)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-r", str(APP.parent / "requirements.txt"), *pins], check=True, timeout=600, stdout=subprocess.DEVNULL)
     return python
 
 

@@ -7,6 +7,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+import onnx
 import pytest
 
 from compress.config import PipelineConfig, to_dict
@@ -14,9 +15,10 @@ from compress.data import DataConfig, load_dataset
 from compress.errors import CompressError
 from compress.fsutil import sha256
 from compress.manifest import MANIFEST_VERSION, load_manifest
-from compress.metrics import classification_metrics
+from compress.metrics import classification_metrics, onnx_stats
 from compress.onnxutil import make_session, predict
 from compress.pipeline import STAGES, choose_artifact
+from stages.quantize import QuantizeConfig, quantize
 
 ARTIFACT_FILES = {"teacher": "export/teacher.onnx", "student": "export/student.onnx",
                   "pruned": "export/pruned.onnx", "int8": "quantize/int8.onnx"}
@@ -83,9 +85,21 @@ def test_results_per_artifact(quick_run):
     # The compression is real: fewer parameters at each step, and int8 stores the pruned model in fewer bytes.
     assert results["pruned"]["params"] < results["student"]["params"] < results["teacher"]["params"]
     assert results["pruned"]["macs"] < results["student"]["macs"] < results["teacher"]["macs"]
-    assert results["int8"]["params"] == results["pruned"]["params"]
+    assert results["int8"]["params"] == results["pruned"]["params"] and results["int8"]["macs"] == results["pruned"]["macs"]
     assert results["int8"]["size_bytes"] < results["pruned"]["size_bytes"]
     assert results["teacher"]["accuracy"] >= 0.9 and results["int8"]["accuracy"] >= results["teacher"]["accuracy"] - 0.03
+
+
+@pytest.mark.parametrize("quant_format", ["qdq", "qoperator"])
+def test_int8_params_and_macs_equal_the_fp32_sources(quick_run, digits, tmp_path, quant_format):
+    """Quantizing changes how weights are stored, not how many there are nor the MACs; QOperator graphs use
+    com.microsoft ops (QGemm, QLinearAdd, ...) that onnx's shape inference does not know."""
+    run_dir, manifest = quick_run
+    cfg = QuantizeConfig(mode="static", format=quant_format, calibration_samples=16, layer_report=False)
+    quantize(cfg, run_dir / "export" / "pruned.onnx", digits, tmp_path / "int8.onnx")
+    stats = onnx_stats(onnx.load(str(tmp_path / "int8.onnx")))
+    pruned = manifest["results"]["pruned"]
+    assert stats == {"params": pruned["params"], "macs": pruned["macs"]}
 
 
 def test_accuracy_is_measured_on_the_test_split(quick_run):

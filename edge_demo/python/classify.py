@@ -21,9 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+try:
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image, UnidentifiedImageError
+except ImportError as missing:
+    print(f"error: classify.py needs onnxruntime, numpy and Pillow ({missing}): "
+          "pip install -r edge_demo/python/requirements.txt", file=sys.stderr)
+    sys.exit(2)
 
 BUNDLE_FORMAT = "compress-bundle"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}

@@ -2,6 +2,7 @@
 test and the benchmark. Nothing is downloaded: selenium is pointed at /usr/bin's browser and driver."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -14,9 +15,7 @@ def missing_tools() -> list[str]:
     """What is absent for a browser run: the browser, its driver, selenium or onnxruntime-web's files."""
     missing = [f"{path} (apt-get install -y chromium chromium-driver)" for path in (CHROMIUM, CHROMEDRIVER)
                if not path.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         missing.append("selenium (pip install -e '.[test]')")
     runtime = Path(__file__).resolve().parent / "node_modules" / "onnxruntime-web" / "dist" / "ort.wasm.min.mjs"
     if not runtime.is_file():

@@ -317,3 +317,26 @@ def test_pareto_front():
 def test_inputs_the_model_cannot_run_on_get_a_clear_error(multi_input_path):
     with pytest.raises(CompressError, match="cannot run .* benchmark.int_high"):
         benchmark_model(multi_input_path, None, fast_config(dims=["seq=3"], int_high=1000))
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 1, 28, 28), np.float32), ((2, 3), np.int64), ((), np.bool_), ((0, 4), np.float32)])
+def test_worker_feeds_are_cache_line_aligned_copies(shape, dtype):
+    from compress.worker import aligned
+
+    array = np.arange(int(np.prod(shape)), dtype=np.int64).astype(dtype).reshape(shape)
+    copy = aligned(array[1:] if array.ndim and len(array) > 1 else array)
+    source = array[1:] if array.ndim and len(array) > 1 else array
+    assert copy.shape == source.shape and copy.dtype == source.dtype and np.array_equal(copy, source)
+    assert copy.size == 0 or copy.ctypes.data % 64 == 0
+
+
+def test_bad_model_arguments_get_one_line_errors(tmp_path, multi_input_path):
+    result = invoke(tmp_path / "missing.onnx", *FAST)
+    assert result.exit_code == 2 and "file not found" in result.stderr
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    result = invoke(tmp_path / "broken.onnx", *FAST)
+    assert result.exit_code == 2 and "is not a valid ONNX model" in result.stderr
+    result = invoke(multi_input_path, "--data", "digits", *FAST)
+    assert result.exit_code == 2 and "a dataset can feed only single-input models" in result.stderr
+    result = CliRunner().invoke(main, ["benchmark"])
+    assert result.exit_code == 2 and "give at least one MODEL.onnx" in result.output
