@@ -237,17 +237,30 @@ def distill(teacher_path, data, config_path, overrides, baseline, out_dir, force
 @click.option("--resume", is_flag=True, help=RESUME_HELP)
 @click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
 def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force, resume, nproc):
-    """Remove channels from a model, then fine-tune it by distillation.
+    """Remove channels, neurons and attention heads from a model (a smaller dense model, verified
+    after every step: forward pass, ONNX export, parity), then fine-tune it by distillation.
 
     \b
     Options of the [prune] section (set with --set prune.KEY=VALUE):
-      target=macs|channels, amount=0.3, importance=l1|l2|bn_scale|taylor|random,
-      global_pruning=false, round_to=8, protect_first=true, protected=[...],
-      steps=20, temperature=4.0, alpha=0.9, finetune.epochs=4, finetune.lr=0.02
+      target=macs|channels|params|latency|sparsity  what `amount` is a share of (default macs);
+          sparsity = unstructured magnitude pruning: smaller gzip file, NOT faster on dense runtimes
+      amount=0.5             share to remove, in (0, 1)
+      max_params=N           target=params: keep at most N parameters instead of `amount`
+      max_latency_ms=X       target=latency: reach p50 X ms instead of `amount`
+      latency_reference=model|teacher   target=latency with `amount`: share of whose p50
+      provider=cpu, latency_threads=1, latency_runs=200   where and how latency is measured
+      importance=l1|l2|bn_scale|taylor|random|auto   channel ranking (auto: most accurate of the first four)
+      global_pruning=false   true: rank channels across layers; false: same share per layer (uniform)
+      round_to=8, protect_first=true, protected=["layer", ...]   (the classifier is always protected)
+      rounds=1               rounds of prune + fine-tune; finetune.epochs=4, finetune.lr=0.02 per round
+      steps=20, step_fraction=0.1   target=latency: steps per round, share of MACs cut per step
+      recalibrate_bn=true, verify_samples=64, temperature=4.0, alpha=0.9
     \b
-    Example:
+    Examples:
       compress prune runs/default/distill/student.pt --teacher runs/default/teacher/teacher.pt \\
           --set prune.amount=0.5 --set prune.importance=taylor --out runs/p
+      compress prune student.pt --teacher teacher.pt --set prune.target=latency \\
+          --set prune.latency_reference=teacher --set prune.amount=0.5 --set prune.rounds=2 --out runs/p2
     """
     from compress.config import to_dict
     from compress.data import load_dataset

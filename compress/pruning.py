@@ -380,11 +380,11 @@ def make_permanent(model: nn.Module) -> None:
             torch_prune.remove(module, "weight")
 
 
-def weight_sparsity(model: nn.Module) -> dict:
-    """Zero weights of all Conv/Linear layers: count, total and share."""
+def weight_sparsity(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict:
+    """Zero weights of the Conv/Linear layers (except ``exclude``): count, total and share."""
     zeros = total = 0
-    for module in model.modules():
-        if isinstance(module, ROOT_TYPES):
+    for name, module in model.named_modules():
+        if isinstance(module, ROOT_TYPES) and name not in exclude:
             weight = module.weight.detach()
             zeros += int((weight == 0).sum())
             total += weight.numel()

@@ -102,6 +102,13 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
                   f"{100 * before['val_accuracy']:.2f}% before, {100 * after['val_accuracy']:.2f}% right after pruning, "
                   f"{100 * prune['after_finetune']['val_accuracy']:.2f}% after the distillation fine-tune.\n",
                   markdown_table(["layer", "channels before", "channels after"], rows)]
+        if prune.get("rounds"):
+            parts += [f"\nPer round ({prune.get('method', 'structured')}, importance {prune.get('importance')}; latency: "
+                      f"p50 at batch 1 of the exported model on {prune.get('provider')}):\n",
+                      markdown_table(["round", "params", "MMACs", "p50 ms", "val acc after pruning",
+                                      "val acc after fine-tune"], _prune_round_rows(prune))]
+        if prune.get("note"):
+            parts.append(f"\n{prune['note']}.\n")
     quant = stages.get("quantize", {}).get("metrics", {})
     if quant:
         parts.append(f"\n## Quantization\n\nStatic int8 ({quant['format']}, {quant['types']}, {quant['method']} "
@@ -119,6 +126,23 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
     path = run_dir / "report.md"
     write_text(path, "\n".join(parts))
     return path
+
+
+def _prune_round_rows(prune: dict) -> list[list[str]]:
+    """The model before pruning, then each prune + fine-tune round (sparsity rounds keep params and MACs)."""
+    before = prune["before"]
+
+    def cells(stats: dict) -> list[str]:
+        p50 = stats.get("p50_ms", stats.get("latency", {}).get("p50_ms"))
+        return [f"{stats['params']:,}" if "params" in stats else "same",
+                f"{stats['macs'] / 1e6:.2f}" if "macs" in stats else "same", f"{p50:.3f}" if p50 else "-"]
+
+    rows = [["before", *cells(before), f"{100 * before['val_accuracy']:.2f}%", "-"]]
+    for r in prune["rounds"]:
+        label = str(r["round"]) + (f" ({100 * r['after_prune']['sparsity']:.0f}% zeros)" if "sparsity" in r["after_prune"] else "")
+        rows.append([label, *cells(r["after_prune"]), f"{100 * r['after_prune']['val_accuracy']:.2f}%",
+                     f"{100 * r['after_finetune']['val_accuracy']:.2f}%"])
+    return rows
 
 
 def _ordered(results: dict) -> list[str]:

@@ -113,7 +113,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, cfg: DistillC
 
     extra = ([teacher] if online else []) + ([hint.regressor] if hint else [])
     try:
-        return fit(student, data, cfg.train, loss_fn, desc, extra_modules=extra)
+        return fit(student, data, cfg.train, loss_fn, desc, extra_modules=extra,
+                   frozen_modules=[] if online else [teacher])
     finally:
         if hint is not None:
             hint.remove()

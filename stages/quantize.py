@@ -209,8 +209,8 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
             tqdm.write(f"[quantize] warning: {message}")
         results = [work.fit_budget(variant) for variant in work.variants()]
         chosen, decision, reason, timings = work.decide(results)
-        _write_model(chosen["path"], model_path, output, chosen, decision)
         report = work.layer_report(chosen, output) if cfg.layer_report else None
+        _write_model(chosen["path"], model_path, output, chosen, decision)
     test = _test_comparison(fp32_session, make_session(output, cfg.provider, cfg.threads), data)
     variant = chosen["variant"]
     return {
@@ -222,7 +222,7 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
         "val_drop_points": chosen["val_drop_points"], "max_accuracy_drop": cfg.max_accuracy_drop,
         "within_budget": chosen["within_budget"],
         "fp32_nodes": [{"node": node, "reason": why} for node, why in chosen["fp32_nodes"].items()],
-        "left_float_by_onnxruntime": work.left_float,
+        "left_float_by_onnxruntime": work.left_float.get(variant.name, []),
         "attempts": [_attempt_record(a) for result in results for a in result["attempts"]],
         "candidates": timings,
         "provider": provider, "cpu": support, "warnings": warnings,
@@ -246,7 +246,7 @@ class Workbench:
         self.fp32_val_accuracy = _accuracy(self.fp32_val_logits, data.val.y)
         self._builds = 0
         self._sensitivity: dict[tuple, list[dict]] = {}
-        self.left_float: list[str] = []
+        self.left_float: dict[str, list[str]] = {}  # per variant: nodes onnxruntime's quantizer left in float
 
     # --- what to build ---------------------------------------------------------------------------
     def variants(self) -> list[Variant]:
@@ -269,7 +269,7 @@ class Workbench:
             if unknown:
                 raise CompressError(f"quantize.op_types: onnxruntime cannot quantize {unknown[0]!r} in {cfg.mode} mode; "
                                     f"it can quantize {', '.join(sorted(supported))}")
-            wanted = set(cfg.op_types or (DYNAMIC_OP_TYPES if cfg.mode == "dynamic" else supported))
+            wanted = set(self.wanted_ops())
             if not self.candidate_nodes():
                 present = sorted({n.op_type for n in self.source_model.graph.node})
                 raise CompressError(f"nothing to quantize in {self.model_path}: none of its nodes ({', '.join(present)}) "
@@ -305,7 +305,7 @@ class Workbench:
                 elif variant.kind == "dynamic":
                     from onnxruntime.quantization import quantize_dynamic
 
-                    quantize_dynamic(str(self.source), str(path), op_types_to_quantize=cfg.op_types or DYNAMIC_OP_TYPES,
+                    quantize_dynamic(str(self.source), str(path), op_types_to_quantize=self.wanted_ops(),
                                      per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                                      weight_type=TYPES[variant.weight_type], nodes_to_quantize=only,
                                      nodes_to_exclude=exclude,
@@ -400,10 +400,17 @@ class Workbench:
                                                                      if cfg.accuracy_aware else ""))
         return {"variant": variant, "best": best, "attempts": attempts}
 
+    def wanted_ops(self) -> list[str]:
+        """The op types to quantize; in dynamic mode Gemm means the MatMul it was rewritten as."""
+        cfg = self.cfg
+        if cfg.mode == "dynamic":
+            return sorted({"MatMul" if op == "Gemm" else op for op in cfg.op_types}) or DYNAMIC_OP_TYPES
+        return list(cfg.op_types) or sorted(_supported_ops(cfg.mode))
+
     def candidate_nodes(self) -> list[onnx.NodeProto]:
         """Nodes the mode should convert: of the wanted op types, computing (not exact ops), not excluded."""
         cfg = self.cfg
-        wanted = set(cfg.op_types or (DYNAMIC_OP_TYPES if cfg.mode == "dynamic" else _supported_ops(cfg.mode)))
+        wanted = set(self.wanted_ops())
         return [n for n in self.source_model.graph.node if n.op_type in wanted
                 and n.op_type not in qa.EXACT_OPS and n.name not in cfg.nodes_to_exclude]
 
@@ -411,16 +418,16 @@ class Workbench:
         """Nodes onnxruntime's quantizer silently left in float are recorded; if it converted none, that is an
         error naming the first one (and why, when its input is not float32)."""
         if variant.kind == "fp16":
-            self.left_float = []
             return
         changed = set(qa.changed_nodes(self.source_model, onnx.load(str(path)), _qdq_ops()))
         candidates = self.candidate_nodes()
         # Add/Mul/... in QDQ compute on dequantized values but are fused into QLinear ops at load: not "left".
-        self.left_float = [n.name for n in candidates if n.name not in changed and
-                           (variant.kind != "static" or n.op_type in _qdq_ops() or variant.format == "qoperator")]
+        left = [n.name for n in candidates if n.name not in changed and
+                (variant.kind != "static" or n.op_type in _qdq_ops() or variant.format == "qoperator")]
+        self.left_float[variant.name] = left
         if changed or not candidates:
             return
-        node = next((n for n in candidates if n.name in self.left_float), candidates[0])
+        node = next((n for n in candidates if n.name in left), candidates[0])
         types = qa.tensor_types(self.source_model)
         why = ""
         first = next((name for name in node.input if name), "")

@@ -135,6 +135,7 @@ def test_each_format_gives_a_valid_model_of_its_kind(candidate, cnn_onnx_path, d
     zero_point = next(i for i in model.graph.initializer if i.name == quantized_input.input[2])
     assert zero_point.data_type == {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}[activation_type]
     assert metrics["candidate"] == candidate and metrics["types"] == f"{activation_type}/{weight_type}"
+    assert metrics["left_float_by_onnxruntime"] == []  # every Conv and the classifier were quantized
     assert abs(metrics["int8_accuracy"] - metrics["fp32_accuracy"]) <= 0.03
     assert json.loads(qa_metadata(model)["quantization"])["candidate"] == candidate
 
@@ -168,9 +169,10 @@ def test_auto_mode_measures_every_candidate_against_fp32(cnn_onnx_path, digits, 
     assert (metrics["decision"] == "int8") == (measured[fastest]["p50_ms"] < measured["fp32"]["p50_ms"])
 
 
-def test_dynamic_mode_quantizes_linear_layers(mlp_onnx_path, digits, tmp_path):
+@pytest.mark.parametrize("op_types", [[], ["Gemm"]])
+def test_dynamic_mode_quantizes_linear_layers(op_types, mlp_onnx_path, digits, tmp_path):
     out = tmp_path / "dynamic.onnx"
-    metrics = quantize(QuantizeConfig(mode="dynamic", **QUICK), mlp_onnx_path, digits, out)
+    metrics = quantize(QuantizeConfig(mode="dynamic", op_types=op_types, **QUICK), mlp_onnx_path, digits, out)
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "Gemm" not in ops  # Gemm rewritten as MatMul first
     assert metrics["calibration_samples"] == 0 and metrics["method"] == "none"
