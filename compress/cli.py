@@ -248,7 +248,7 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force
       max_params=N           target=params: keep at most N parameters instead of `amount`
       max_latency_ms=X       target=latency: reach p50 X ms instead of `amount`
       latency_reference=model|teacher   target=latency with `amount`: share of whose p50
-      provider=cpu, latency_threads=1, latency_runs=200   where and how latency is measured
+      provider=cpu, latency_threads=1, latency_runs=200, latency_seconds=0.2   how latency is measured
       importance=l1|l2|bn_scale|taylor|random|auto   channel ranking (auto: most accurate of the first four)
       global_pruning=false   true: rank channels across layers; false: same share per layer (uniform)
       round_to=8, protect_first=true, protected=["layer", ...]   (the classifier is always protected)

@@ -54,7 +54,8 @@ class PruneConfig:
     latency_reference: str = "model"  # target=latency with `amount`: a share of the p50 of the model or the teacher
     provider: str = "cpu"  # onnxruntime execution provider latency is measured on
     latency_threads: int = 1  # intra-op threads when measuring latency
-    latency_runs: int = 200  # timed runs per latency measurement (batch 1, after 20 warm-up runs)
+    latency_runs: int = 200  # timed runs per latency measurement (batch 1, after 20 warm-up runs) ...
+    latency_seconds: float = 0.2  # ... and for at least this long
     importance: str = "l1"  # l1, l2, bn_scale (network slimming), taylor (first order, KD loss), random, or auto
     global_pruning: bool = False  # rank channels across layers (global) instead of the same share per layer (uniform)
     round_to: int = 8  # keep channel counts multiples of this: int8 and fp32 kernels run best on multiples of 8
@@ -86,6 +87,8 @@ class PruneConfig:
         for name in ("round_to", "rounds", "steps", "latency_runs", "verify_samples", "latency_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"prune.{name} must be >= 1, got {getattr(self, name)}")
+        if self.latency_seconds < 0:
+            raise ValueError(f"prune.latency_seconds must be >= 0, got {self.latency_seconds}")
         if not 0.0 < self.step_fraction < 1.0:
             raise ValueError(f"prune.step_fraction must be a fraction in (0, 1), got {self.step_fraction}")
         resolve_provider(self.provider)  # a missing provider fails at config time, naming what to install
@@ -448,7 +451,7 @@ def measure_latency(onnx_path: Path, data: Dataset, cfg: PruneConfig) -> dict:
     session = make_session(onnx_path, cfg.provider, cfg.latency_threads)
     feed = {session.get_inputs()[0].name: data.test.x[:1]}
     bench = BenchmarkConfig(provider=cfg.provider, threads=cfg.latency_threads, warmup="fixed", warmup_runs=20,
-                            min_runs=cfg.latency_runs, min_seconds=0.2, cold_start=False, profile=False)
+                            min_runs=cfg.latency_runs, min_seconds=cfg.latency_seconds, cold_start=False, profile=False)
     summary = latency_summary(measure(functools.partial(session.run, None, feed), bench).samples_ms)
     return {"p50_ms": summary["p50_ms"], "p90_ms": summary["p90_ms"], "runs": summary["runs"],
             "provider": session.get_providers()[0], "threads": cfg.latency_threads}

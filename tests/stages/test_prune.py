@@ -16,7 +16,7 @@ from compress.train import TrainConfig
 from compress.zoo import ARCHITECTURES, ModelSpec, build_model, load_model, save_model
 from stages.prune import PruneConfig, protected_layers, prune_step, run
 
-FAST = {"latency_runs": 20, "verify_samples": 32}  # tests check behaviour, not timings
+FAST = {"latency_runs": 20, "latency_seconds": 0.0, "verify_samples": 32}  # tests check behaviour, not timings
 
 
 def _no_finetune(**kwargs) -> PruneConfig:
