@@ -61,7 +61,8 @@ class PipelineConfig:
             "distill.train.lr=0.003", "prune.finetune.epochs=5", 'prune.finetune.optimizer="adamw"',
             "prune.finetune.lr=0.002", "prune.round_to=1", "prune.amount=0.3", "prune.protect_first=false",
             "quantize.calibration_samples=32", "benchmark.min_runs=20", "benchmark.min_seconds=0.05",
-            "benchmark.warmup_runs=5", "export.parity_samples=64",
+            "benchmark.warmup_runs=5", "benchmark.cold_start=false", "benchmark.profile=false",
+            "export.parity_samples=64",
         ])
 
 

@@ -411,7 +411,8 @@ def layer_markdown(rows: list[dict], title: str, notes: list[str]) -> str:
     if reasons:
         lines += ["", "Kept in fp32:", *reasons]
     lines += ["", "Columns: *scale*/*zero point* of the node's input activation (weights: per-channel scale range); "
-              "*rounding SQNR*: that tensor against its own quantize-dequantize in the final model; *output SQNR*: "
+              "*rounding SQNR*: that tensor's fp32 values against their own rounding to its scale and zero point "
+              "(the error it adds by itself); *output SQNR*: "
               "the node's output in the final model against fp32 (errors of earlier layers included); *alone*: the "
               "model with only this node quantized, against fp32 on validation samples (logit SQNR, accuracy "
               "points lost); *share of drop*: this node's share of the summed logit error of those single-node "

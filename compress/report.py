@@ -71,7 +71,8 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
         f"Dataset **{config['data']['source']}** (train/val/test: {manifest['data']['train']}/{manifest['data']['val']}/"
         f"{manifest['data']['test']} samples). "
         f"Latency: onnxruntime {manifest['packages'].get('onnxruntime')} `{bench_cfg['provider']}`, "
-        f"{bench_cfg['threads']} intra-op thread(s), batch 1, after {bench_cfg['warmup_runs']} warm-up runs. "
+        f"{bench_cfg['threads']} intra-op thread(s), batch 1, after warm-up ({bench_cfg.get('warmup', 'fixed')}, at least "
+        f"{bench_cfg['warmup_runs']} runs). "
         f"Throughput at batch {bench_cfg['throughput_batch']} is in `benchmark/benchmark.md`.\n",
         "## Teacher vs student vs pruned vs int8\n", results_table(results),
         f"\n![accuracy vs latency]({plot_name})\n",
@@ -111,10 +112,22 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
             parts.append(f"\n{prune['note']}.\n")
     quant = stages.get("quantize", {}).get("metrics", {})
     if quant:
-        parts.append(f"\n## Quantization\n\nStatic int8 ({quant['format']}, {quant['types']}, {quant['method']} "
-                     f"calibration on {quant['calibration_samples']} training samples): test accuracy "
-                     f"{100 * quant['fp32_accuracy']:.2f}% fp32 -> {100 * quant['int8_accuracy']:.2f}% int8, "
-                     f"top-1 agreement {100 * quant['top1_agreement']:.2f}%.\n")
+        calibration = (f"{quant['method']} calibration on {quant['calibration_samples']} training samples"
+                       if quant.get("calibration_samples") else "no calibration")
+        parts.append(f"\n## Quantization\n\nint8 ({quant.get('mode', 'static')} mode, {quant['format']}, {quant['types']}, "
+                     f"{calibration}): test accuracy {100 * quant['fp32_accuracy']:.2f}% fp32 -> "
+                     f"{100 * quant['int8_accuracy']:.2f}% int8, top-1 agreement {100 * quant['top1_agreement']:.2f}%.\n")
+        if quant.get("decision_reason"):
+            parts.append(f"Decision: **{quant['decision']}**: {quant['decision_reason']}.\n")
+        if quant.get("fp32_nodes"):
+            parts.append(f"Kept in fp32 by the accuracy-aware search: {', '.join(map(str, quant['fp32_nodes']))}.\n")
+        for warning in quant.get("warnings", []):
+            parts.append(f"> {warning}\n")
+        layer_outputs = stages["quantize"].get("outputs", {})
+        if "int8_layers" in layer_outputs:
+            parts.append(f"Per-layer error report: [{layer_outputs['int8_layers']['path']}]({layer_outputs['int8_layers']['path']})"
+                         + (f", plot [{layer_outputs['int8_layers_plot']['path']}]({layer_outputs['int8_layers_plot']['path']})"
+                            if "int8_layers_plot" in layer_outputs else "") + ".\n")
     export = stages.get("export", {}).get("metrics", {})
     if export:
         parts += ["\n## Export parity (onnxruntime vs PyTorch)\n", markdown_table(
