@@ -57,6 +57,7 @@ from stages.export import ExportConfig, export_model  # noqa: E402
 
 MODELS = {"resnet56": ModelSpec("resnet", 0.5, 56), "mobilenet": ModelSpec("mobilenet", 1.0, 8)}
 REDUCTIONS = (2.0, 3.0)
+LATENCY_AMOUNTS = (0.4, 0.5)  # latency targets on the ResNet: remove 40% and 50% of its p50
 METHODS = {"ours": "(a) ours: auto importance + KD fine-tune", "tp_magnitude": "(b) Torch-Pruning magnitude + CE",
            "li_l1": "(c) uniform L1 filters (Li et al.) + CE"}
 LATENCY = BenchmarkConfig(threads=1, warmup="steady", min_runs=300, min_seconds=1.0, cold_start=False, profile=False)
@@ -134,7 +135,34 @@ def compare_model(name: str, data: Dataset, args, finetune: TrainConfig, work: P
             rows.append(row)
             print({k: row[k] for k in ("accuracy", "macs_reduction", "latency_speedup", "speedup_per_macs_reduction")},
                   flush=True)
-    return {"spec": dataclasses.asdict(MODELS[name]), "dense": dense_row, "pruned": rows}
+    result = {"spec": dataclasses.asdict(MODELS[name]), "dense": dense_row, "pruned": rows}
+    if name == "resnet56":
+        result["latency_targets"] = latency_targets(dense_path, data, finetune, work / f"{name}-latency")
+    return result
+
+
+def latency_targets(dense_path: Path, data: Dataset, finetune: TrainConfig, out: Path) -> list[dict]:
+    """The stage's latency target on the same dense model (its own teacher): 60% and 50% of its p50."""
+    results = []
+    for amount in LATENCY_AMOUNTS:
+        cfg = prune_stage.PruneConfig(target="latency", amount=amount, round_to=16, finetune=finetune,
+                                      latency_runs=300, latency_seconds=0.5)
+        begun = time.perf_counter()
+        print(f"== latency target: {100 * (1 - amount):.0f}% of the dense p50", flush=True)
+        try:
+            metrics = prune_stage.run(cfg, dense_path, dense_path, data, out / f"{amount:g}").metrics
+        except CompressError as exc:
+            results.append({"amount": amount, "met": False, "message": str(exc),
+                            "wall_s": round(time.perf_counter() - begun, 1)})
+            continue
+        target = metrics["target"]
+        results.append({"amount": amount, "met": target["met"], "goal_ms": target["goal"], "start_ms": target["start"],
+                        "reached_ms": target["reached"], "final_p50_ms": metrics["after_prune"]["latency"]["p50_ms"],
+                        "floor_ms": target["floor_p50_ms"], "steps": len(metrics["rounds"][0]["steps"]),
+                        "macs_reduction": 1 / (1 - metrics["macs_reduction"]),
+                        "accuracy": metrics["after_finetune"]["test_accuracy"],
+                        "wall_s": round(time.perf_counter() - begun, 1)})
+    return results
 
 
 # ---- (a) ours -------------------------------------------------------------------------------------
@@ -309,6 +337,20 @@ def markdown(document: dict) -> str:
         parts += [f"## {name} ({result['spec']['arch']}, width {result['spec']['width']}, depth {result['spec']['depth']})\n",
                   markdown_table(["target", "method", "test acc", "params", "MMACs", "MACs reduction", "p50 ms",
                                   "latency speedup", "speedup / MACs reduction", "NCHWc convs"], rows)]
+    for name, result in document["models"].items():
+        if result.get("latency_targets"):
+            rows = []
+            for t in result["latency_targets"]:
+                goal = f"{100 * (1 - t['amount']):.0f}% of the dense p50"
+                if t["met"]:
+                    rows.append([goal, "met", f"{t['start_ms']:.3f} -> {t['reached_ms']:.3f} (goal {t['goal_ms']:.3f})",
+                                 f"{t['final_p50_ms']:.3f}", t["steps"], f"{t['macs_reduction']:.2f}x",
+                                 f"{100 * t['accuracy']:.2f}%"])
+                else:
+                    rows.append([goal, "cannot: " + t["message"].replace("|", "/"), "-", "-", "-", "-", "-"])
+            parts += [f"## Latency target on {name} (prune.target=latency, round_to 16, same fine-tune budget)\n",
+                      markdown_table(["goal", "result", "p50 ms while pruning", "p50 ms after fine-tune", "steps",
+                                      "MACs reduction", "test acc"], rows)]
     checks = document["done_when"]
     lines = ["## Done-when check\n"]
     for c in checks["a_at_least_as_accurate_as_b"]:

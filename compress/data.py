@@ -245,23 +245,3 @@ def batches(split: Split, batch_size: int, shuffle: bool = False, rng: np.random
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield split.x[idx], split.y[idx]
-
-
-class CalibrationReader:
-    """onnxruntime's CalibrationDataReader over real training samples (one sample per call)."""
-
-    def __init__(self, x: np.ndarray, input_name: str, batch_size: int = 1):
-        self._x = x
-        self._input_name = input_name
-        self._batch_size = batch_size
-        self._position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._position >= len(self._x):
-            return None
-        batch = self._x[self._position:self._position + self._batch_size]
-        self._position += self._batch_size
-        return {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-
-    def rewind(self) -> None:
-        self._position = 0

@@ -321,8 +321,8 @@ def search_ratio(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: l
     best = _prune(model, data, cfg, protected, MAX_LAYER_RATIO, criterion)
     if value(best[0]) > goal:
         reached = 1 - value(best[0]) / value(model)
-        raise _Unreachable(f"at most {reached:.1%} fewer {metric} with every unprotected layer cut to "
-                           f"{1 - MAX_LAYER_RATIO:.0%} of its channels")
+        raise _Unreachable(f"at most {reached:.1%} fewer {metric} with every unprotected layer cut as far as "
+                           f"prune.round_to={cfg.round_to} and the {1 - MAX_LAYER_RATIO:.0%} floor per layer allow")
     low, high = 0.0, MAX_LAYER_RATIO
     for _ in range(SEARCH_ITERATIONS):
         middle = (low + high) / 2
