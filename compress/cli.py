@@ -278,7 +278,12 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force
     with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
         result = prune_stage.run(cfg.prune, Path(model_path), Path(teacher_path), load_dataset(cfg.data), tmp)
     if _is_main():
-        _echo_metrics({k: v for k, v in result.metrics.items() if k != "after_finetune"})
+        # the full per-layer and per-round report is in OUT/prune.md (and prune.json)
+        summary = ("method", "target", "macs_reduction", "params_reduction", "latency_speedup", "channels_removed",
+                   "sparsity", "compressed", "note")
+        _echo_metrics({**{k: v for k, v in result.metrics.items() if k in summary},
+                       "test_accuracy": result.metrics["after_finetune"]["test_accuracy"],
+                       "report": str(Path(out_dir) / "prune.md")})
 
 
 @main.command()

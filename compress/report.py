@@ -95,21 +95,7 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
                      "trained without distillation.\n")
     prune = stages.get("prune", {}).get("metrics", {})
     if prune:
-        before, after = prune["before"], prune["after_prune"]
-        rows = [[layer, channels, after["channels"].get(layer, "-")] for layer, channels in before["channels"].items()]
-        parts += [f"## Pruning\n\nParams {before['params']:,} -> {after['params']:,} "
-                  f"({100 * prune['params_reduction']:.1f}% fewer); MACs {before['macs'] / 1e6:.2f}M -> "
-                  f"{after['macs'] / 1e6:.2f}M ({100 * prune['macs_reduction']:.1f}% fewer). Validation accuracy "
-                  f"{100 * before['val_accuracy']:.2f}% before, {100 * after['val_accuracy']:.2f}% right after pruning, "
-                  f"{100 * prune['after_finetune']['val_accuracy']:.2f}% after the distillation fine-tune.\n",
-                  markdown_table(["layer", "channels before", "channels after"], rows)]
-        if prune.get("rounds"):
-            parts += [f"\nPer round ({prune.get('method', 'structured')}, importance {prune.get('importance')}; latency: "
-                      f"p50 at batch 1 of the exported model on {prune.get('provider')}):\n",
-                      markdown_table(["round", "params", "MMACs", "p50 ms", "val acc after pruning",
-                                      "val acc after fine-tune"], _prune_round_rows(prune))]
-        if prune.get("note"):
-            parts.append(f"\n{prune['note']}.\n")
+        parts.append(prune_markdown(prune))
     quant = stages.get("quantize", {}).get("metrics", {})
     if quant:
         calibration = (f"{quant['method']} calibration on {quant['calibration_samples']} training samples"
@@ -139,6 +125,40 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
     path = run_dir / "report.md"
     write_text(path, "\n".join(parts))
     return path
+
+
+def prune_markdown(prune: dict, heading: str = "## Pruning") -> str:
+    """The prune stage's metrics as Markdown: the target, params/MACs/accuracy before and after, each
+    round (params, MACs, measured latency, accuracy) and every layer's channels before and after."""
+    before, after = prune["before"], prune["after_prune"]
+    rows = [[layer, channels, after["channels"].get(layer, "-")] for layer, channels in before["channels"].items()]
+    target = prune.get("target", {})
+    goal = ""
+    if target:
+        goal = (f"Target: {target['kind']} ({target['unit']}) from {_num_or(target['start'])} to "
+                f"{_num_or(target['goal'])}; reached {_num_or(target['reached'])} "
+                f"({'met' if target.get('met') else 'not met'}). ")
+    parts = [f"{heading}\n\n{goal}Params {before['params']:,} -> {after['params']:,} "
+             f"({100 * prune['params_reduction']:.1f}% fewer); MACs {before['macs'] / 1e6:.2f}M -> "
+             f"{after['macs'] / 1e6:.2f}M ({100 * prune['macs_reduction']:.1f}% fewer). Validation accuracy "
+             f"{100 * before['val_accuracy']:.2f}% before, {100 * after['val_accuracy']:.2f}% right after pruning, "
+             f"{100 * prune['after_finetune']['val_accuracy']:.2f}% after the distillation fine-tune.\n"]
+    if prune.get("rounds"):
+        parts += [f"\nPer round ({prune.get('method', 'structured')}, importance {prune.get('importance')}; latency: "
+                  f"p50 at batch 1 of the exported model on {prune.get('provider')}):\n",
+                  markdown_table(["round", "params", "MMACs", "p50 ms", "val acc after pruning",
+                                  "val acc after fine-tune"], _prune_round_rows(prune))]
+    if prune.get("note"):
+        parts.append(f"\n{prune['note']}.\n")
+    parts += ["\nChannels per layer (attention modules: heads):\n",
+              markdown_table(["layer", "channels before", "channels after"], rows)]
+    return "".join(parts)
+
+
+def _num_or(value) -> str:
+    if isinstance(value, float) and value < 10:
+        return f"{value:.4g}"
+    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
 
 
 def _prune_round_rows(prune: dict) -> list[list[str]]:

@@ -24,12 +24,14 @@ from torch import nn
 
 from compress.data import Dataset, batches
 from compress.errors import CompressError
+from compress.fsutil import write_json, write_text
 from compress.manifest import StageResult
 from compress.metrics import model_stats
 from compress.onnxutil import make_session, resolve_provider
 from compress.pruning import (IMPORTANCES, MAX_LAYER_RATIO, NEEDS_GRADIENTS, GroupRecord, channel_table,
                               classifier_layer, find_breaking_group, first_layer, magnitude_prune, make_permanent,
                               permanent_copy, prune_copy, removed_channel_fraction, weight_sparsity)
+from compress.report import prune_markdown
 from compress.train import TrainConfig, evaluate, seed_everything
 from compress.zoo import load_model, save_model
 from stages.distill import DistillConfig, distill, distillation_loss
@@ -114,7 +116,10 @@ def run(cfg: PruneConfig, model_path: Path, teacher_path: Path, data: Dataset, o
         else:
             model, metrics = prune_structured(model, teacher, data, cfg, protected, before, work)
     save_model(model, out_dir / "pruned.pt")
-    return StageResult({"pruned": out_dir / "pruned.pt"}, metrics)
+    write_json(out_dir / "prune.json", metrics)
+    write_text(out_dir / "prune.md", prune_markdown(metrics, "# Pruning report"))
+    return StageResult({"pruned": out_dir / "pruned.pt", "report": out_dir / "prune.md",
+                        "metrics": out_dir / "prune.json"}, metrics)
 
 
 def protected_layers(model: nn.Module, cfg: PruneConfig) -> list[str]:
@@ -202,7 +207,9 @@ def prune_structured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: P
 def resolve_target(cfg: PruneConfig, before: dict, teacher: nn.Module, data: Dataset, work: Path) -> dict:
     """Where pruning starts and must end, in the target's unit."""
     if cfg.target == "channels":
-        return {"kind": "channels", "unit": "share of unprotected channels kept", "start": 1.0, "goal": 1 - cfg.amount}
+        return {"kind": "channels", "unit": "share of each unprotected group's channels kept; reached counts every "
+                "unprotected layer, including those tied to a protected one, which keep theirs",
+                "start": 1.0, "goal": 1 - cfg.amount}
     if cfg.target in ("macs", "params"):
         start = before[cfg.target]
         goal = cfg.max_params if cfg.target == "params" and cfg.max_params else (1 - cfg.amount) * start
