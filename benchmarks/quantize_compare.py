@@ -2,8 +2,9 @@
 
     flock /tmp/compress-heavy.lock python benchmarks/quantize_compare.py
 
-On the zoo models trained briefly on mnist (MLP, MobileNet-style) and the default pipeline's distilled
-ResNet-style student (from --run-dir, trained here when absent): fp32, our int8 (plain static U8S8 QDQ,
+On the zoo models trained briefly on mnist (MLP, MobileNet-style, a narrow ResNet-14) and the default
+pipeline's pruned ResNet-style student, the model the pipeline quantizes (from --run-dir, which must hold
+a finished default run): fp32, our int8 (plain static U8S8 QDQ,
 and the default: auto format choice + accuracy-aware), onnxruntime's quantize_static with default
 arguments, and PyTorch PT2E with the X86InductorQuantizer (torchao), compiled by Inductor. Test accuracy,
 p50 latency at batch 1 and 32 on 1 and 2 threads, and the speed-up as a fraction of int8's ~4x compute
@@ -13,6 +14,7 @@ export (issue 5's "done when"). Writes benchmarks/results/quantize_compare.{json
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 import logging
 import platform
@@ -43,17 +45,17 @@ from stages.teacher import TeacherConfig, train_teacher  # noqa: E402
 
 BATCHES, THREADS = (1, 32), (1, 2)
 INT8_LIMIT = 4.0  # int8 moves and multiplies 4x fewer bytes than fp32: the ideal compute speed-up
-# name -> (spec, epochs, optimizer, lr); the ResNet-style model is the pipeline's default student
+# name -> (spec, epochs, optimizer, lr) of the models trained here; "resnet" is the default run's pruned student
 ZOO = {"mlp": (ModelSpec("mlp", 1.0), 8, "adamw", 0.003),
        "mobilenet": (ModelSpec("mobilenet", 1.0, 6), 2, "adamw", 0.003),
-       "resnet": (ModelSpec("resnet", 0.5, 14), 3, "sgd", 0.05),
-       "resnet8_w1": (ModelSpec("resnet", 1.0, 8), 2, "sgd", 0.05)}
+       "resnet14_w0.5": (ModelSpec("resnet", 0.5, 14), 3, "sgd", 0.05),
+       "resnet": None}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "default",
-                        help="finished default run whose distilled student is the ResNet-style model")
+                        help="finished default run whose pruned student is the ResNet-style model")
     parser.add_argument("--pipeline-run", type=Path, default=None,
                         help="a finished pipeline run to check int8 against its fp32 export")
     parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
@@ -122,9 +124,15 @@ def compare_model(name: str, data, calibration: np.ndarray, tmp: Path, args) -> 
 
 
 def trained_model(name: str, data, run_dir: Path) -> tuple[torch.nn.Module, str]:
-    student = run_dir / "distill" / "student.pt"
-    if name == "resnet" and student.is_file():
-        return load_model(student).eval(), f"distilled student of {run_dir} (ResNet-14, width 0.5)"
+    if name == "resnet":
+        pruned = run_dir / "prune" / "pruned.pt"
+        if not pruned.is_file():
+            raise SystemExit(f"{pruned} not found: run `compress pipeline --out {run_dir}` first, or pass --run-dir")
+        config = json.loads((run_dir / "manifest.json").read_text())["config"]
+        student, prune = config["distill"]["student"], config["prune"]
+        return load_model(pruned).eval(), (
+            f"the default run's student ({student['arch']} width {student['width']} depth {student['depth']}, "
+            f"distilled, then {prune['amount']:.0%} of its {prune['target']} pruned)")
     spec, epochs, optimizer, lr = ZOO[name]
     torch.manual_seed(0)
     model, _ = train_teacher(TeacherConfig(source="train", model=spec,
@@ -224,8 +232,6 @@ def _unshared_relus(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def pipeline_check(run_dir: Path) -> dict:
-    import json
-
     manifest = json.loads((run_dir / "manifest.json").read_text())
     results, quant = manifest["results"], manifest["stages"]["quantize"]
     source = "pruned"

@@ -249,8 +249,10 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force
       max_latency_ms=X       target=latency: reach p50 X ms instead of `amount`
       latency_reference=model|teacher   target=latency with `amount`: share of whose p50
       provider=cpu, latency_threads=1, latency_runs=200, latency_seconds=0.2   how latency is measured
-      importance=l1|l2|bn_scale|taylor|random|auto   channel ranking (auto: most accurate of the first four)
-      global_pruning=false   true: rank channels across layers; false: same share per layer (uniform)
+      importance=l1|l2|bn_scale|taylor|random|auto   channel ranking (auto: the most accurate
+          after pruning of the first four, each uniform and global)
+      global_pruning=false   true: rank channels across layers; false: same share per layer (uniform);
+          importance=auto tries both and ignores it
       round_to=8, protect_first=true, protected=["layer", ...]   (the classifier is always protected)
       rounds=1               rounds of prune + fine-tune; finetune.epochs=4, finetune.lr=0.02 per round
       steps=20, step_fraction=0.1   target=latency: steps per round, share of MACs cut per step

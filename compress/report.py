@@ -173,6 +173,10 @@ def _prune_round_rows(prune: dict) -> list[list[str]]:
     rows = [["before", *cells(before), f"{100 * before['val_accuracy']:.2f}%", "-"]]
     for r in prune["rounds"]:
         label = str(r["round"]) + (f" ({100 * r['after_prune']['sparsity']:.0f}% zeros)" if "sparsity" in r["after_prune"] else "")
+        chosen = dict.fromkeys(f"{step['importance']} {step['allocation']}" for step in r.get("steps", [])
+                               if "allocation" in step)
+        if chosen:  # what importance=auto picked (or the configured criterion), step by step
+            label += f" ({', '.join(chosen)})"
         rows.append([label, *cells(r["after_prune"]), f"{100 * r['after_prune']['val_accuracy']:.2f}%",
                      f"{100 * r['after_finetune']['val_accuracy']:.2f}%"])
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,18 @@ class ResNeXtBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
+def stage_blocks(widths: list[int], depth: int, make_block: Callable[[int, int, int], nn.Module]) -> nn.Sequential:
+    """``depth`` blocks per stage width, made by ``make_block(in_channels, out_channels, stride)``; the first
+    block of every stage after the first halves the resolution."""
+    blocks: list[nn.Module] = []
+    previous = widths[0]
+    for stage_index, stage_width in enumerate(widths):
+        for block_index in range(depth):
+            blocks.append(make_block(previous, stage_width, 2 if stage_index > 0 and block_index == 0 else 1))
+            previous = stage_width
+    return nn.Sequential(*blocks)
+
+
 class ResNeXt(nn.Module):
     """ResNeXt-style CNN with grouped convolutions and GroupNorm: stem, three stages of ``depth`` blocks
     at widths (32w, 64w, 128w) with strides (1, 2, 2), global pool, classifier."""
@@ -168,16 +181,10 @@ class ResNeXt(nn.Module):
         widths = [max(unit, int(round(base * width / unit)) * unit) for base in (32, 64, 128)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.GroupNorm(cardinality, widths[0]), nn.ReLU(inplace=True))
-        blocks: list[nn.Module] = []
-        prev = widths[0]
-        for stage_index, stage_width in enumerate(widths):
-            for block_index in range(depth):
-                stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(ResNeXtBlock(prev, stage_width, stride, cardinality, cardinality))
-                prev = stage_width
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = stage_blocks(widths, depth,
+                                   lambda cin, cout, stride: ResNeXtBlock(cin, cout, stride, cardinality, cardinality))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(prev, num_classes)
+        self.classifier = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.blocks(self.stem(x))))
@@ -281,15 +288,9 @@ class SENet(nn.Module):
         widths = [scaled(base, width) for base in (32, 64, 128)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        blocks: list[nn.Module] = []
-        prev = widths[0]
-        for stage_index, stage_width in enumerate(widths):
-            for block_index in range(depth):
-                blocks.append(SEBlock(prev, stage_width, 2 if stage_index > 0 and block_index == 0 else 1))
-                prev = stage_width
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = stage_blocks(widths, depth, SEBlock)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(prev, num_classes)
+        self.classifier = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.blocks(self.stem(x))))

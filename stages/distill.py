@@ -25,12 +25,12 @@ MODES = ("offline", "online")
 class DistillConfig:
     """Distill a student from the teacher."""
 
-    student: ModelSpec = field(default_factory=lambda: ModelSpec("resnet", 0.5, 14))  # student architecture
+    student: ModelSpec = field(default_factory=lambda: ModelSpec("resnet", 1.0, 8))  # student architecture
     temperature: float = 4.0  # T: softens both distributions; the KL term is scaled by T^2
     alpha: float = 0.9  # weight of the soft (KL) term; 1 - alpha weighs hard-label cross-entropy
     mode: str = "offline"  # offline: frozen teacher; online: teacher trained alongside (mutual learning)
     online_teacher_alpha: float = 0.1  # online mode: weight of the student's KL in the teacher's loss
-    init_from_teacher: bool = True  # start from the teacher's most important channels when the shapes allow
+    init_from_teacher: bool = True  # start from the teacher (its first blocks, most important channels) when the architectures match
     hint: str = ""  # FitNets hint "teacher_module:student_module" (e.g. "stages.1:stages.1"); empty = none
     hint_weight: float = 1.0  # weight of the hint's MSE term
     baseline: bool = False  # also train the same student without distillation, to show what KD bought
@@ -176,15 +176,36 @@ class FeatureHint:
 
 
 def init_student(student: nn.Module, teacher: nn.Module, input_shape: tuple[int, ...]) -> str:
-    """Copy the teacher's most important channels (L1 norm, dependency-aware) into the student when
-    the student is the teacher's architecture at a smaller width. Returns what was done."""
+    """Copy the teacher into the student when the student is the teacher's architecture at a smaller
+    width and/or depth: the first blocks of each stage the student has (a shallower ResNet keeps the
+    teacher's first blocks, as DistilBERT keeps a subset of its teacher's layers), then the most important
+    channels of those (L1 norm, dependency-aware). Returns what was done."""
     from compress.pruning import shrink_to_match
 
     if type(student) is not type(teacher):
         return f"random init (teacher is {type(teacher).__name__}, student {type(student).__name__})"
+    source = copy.deepcopy(teacher).eval()  # eval: the shape checks' forward passes must not move BN statistics
+    dropped = drop_extra_blocks(source, student)
     try:
-        shrunk = shrink_to_match(copy.deepcopy(teacher), student, input_shape)
+        with torch.no_grad():
+            source(torch.zeros(1, *input_shape))
+        shrunk = shrink_to_match(source, student, input_shape)
     except CompressError as exc:
         return f"random init ({exc})"
+    except RuntimeError as exc:  # the kept blocks do not chain (shapes change inside the dropped ones)
+        return f"random init (the teacher without its last {dropped} block(s) does not run: {str(exc).splitlines()[0]})"
     student.load_state_dict(shrunk.state_dict())
-    return "teacher's most important channels (L1)"
+    note = "teacher's most important channels (L1)"
+    return f"teacher's first blocks ({dropped} dropped), {note}" if dropped else note
+
+
+def drop_extra_blocks(model: nn.Module, smaller: nn.Module) -> int:
+    """Cut every nn.Sequential of ``model`` to the length of the same-named one in ``smaller`` (keeping the
+    first entries, which hold each stage's stride and shortcut). Returns how many blocks were dropped."""
+    sizes = {name: len(module) for name, module in smaller.named_modules() if isinstance(module, nn.Sequential)}
+    dropped = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Sequential) and name in sizes and len(module) > sizes[name]:
+            dropped += len(module) - sizes[name]
+            del module[sizes[name]:]
+    return dropped

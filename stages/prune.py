@@ -38,7 +38,8 @@ from stages.distill import DistillConfig, distill, distillation_loss
 
 TARGETS = ("channels", "macs", "params", "latency", "sparsity")
 LATENCY_REFERENCES = ("model", "teacher")
-AUTO_CANDIDATES = ("l1", "l2", "bn_scale", "taylor")  # importance="auto" tries these and keeps the most accurate
+AUTO_CANDIDATES = ("l1", "l2", "bn_scale", "taylor")  # importance="auto" tries these, uniform and global, and keeps
+# the most accurate after pruning
 SEARCH_ITERATIONS = 10  # bisection steps on the pruning ratio: resolution 0.95 / 2**10
 SEARCH_CLOSE_ENOUGH = 0.995  # ... or fewer, once a ratio's result is within 0.5% under the goal
 DENSE_NOTE = ("unstructured sparsity only zeroes weights: onnxruntime's CPU kernels (and other dense runtimes) still "
@@ -50,7 +51,7 @@ class PruneConfig:
     """Prune the student to a target and fine-tune it with distillation from the teacher."""
 
     target: str = "macs"  # channels, macs, params, latency (p50 of the exported model), or sparsity (unstructured)
-    amount: float = 0.5  # share to remove, in (0, 1): of the channels, MACs, params, p50 latency, or weights (sparsity)
+    amount: float = 0.4  # share to remove, in (0, 1): of the channels, MACs, params, p50 latency, or weights (sparsity)
     max_params: int | None = None  # target=params: keep at most this many parameters (instead of `amount`)
     max_latency_ms: float | None = None  # target=latency: reach this p50 in ms (instead of `amount`)
     latency_reference: str = "model"  # target=latency with `amount`: a share of the p50 of the model or the teacher
@@ -59,7 +60,8 @@ class PruneConfig:
     latency_runs: int = 200  # timed runs per latency measurement (batch 1, after 20 warm-up runs) ...
     latency_seconds: float = 0.2  # ... and for at least this long
     importance: str = "l1"  # l1, l2, bn_scale (network slimming), taylor (first order, KD loss), random, or auto
-    global_pruning: bool = False  # rank channels across layers (global) instead of the same share per layer (uniform)
+    global_pruning: bool = False  # rank channels across layers (global) instead of the same share per layer (uniform);
+    # importance=auto tries both
     round_to: int = 8  # keep channel counts multiples of this: int8 and fp32 kernels run best on multiples of 8
     protect_first: bool = True  # never prune the first layer's outputs (cheap, and sensitive)
     protected: list[str] = field(default_factory=list)  # more layer names never to prune (the classifier always is)
@@ -188,7 +190,8 @@ def prune_structured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: P
         target.update(reached=reached, met=bool(reached <= target["goal"] * (1 + 1e-9)))
     last = rounds[-1]
     metrics = {
-        "method": "structured", "importance": cfg.importance, "allocation": "global" if cfg.global_pruning else "uniform",
+        "method": "structured", "importance": cfg.importance,
+        "allocation": "auto" if cfg.importance == "auto" else _allocation(cfg.global_pruning),
         "protected": protected, "target": target, "before": before, "after_prune": after_prune,
         "after_finetune": {"val_accuracy": last["after_finetune"]["val_accuracy"], "test_accuracy": evaluate(model, data.test),
                            "best_epoch": last["after_finetune"]["best_epoch"],
@@ -284,48 +287,65 @@ def prune_step(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: PruneCo
     metric = metric or cfg.target
     if cfg.importance in NEEDS_GRADIENTS or cfg.importance == "auto":
         _accumulate_kd_gradients(model, teacher, data, cfg)
-    criteria = AUTO_CANDIDATES if cfg.importance == "auto" else (cfg.importance,)
-    trials = {}
+    if cfg.importance == "auto":
+        options = [(criterion, global_) for criterion in AUTO_CANDIDATES for global_ in (False, True)]
+    else:
+        options = [(cfg.importance, cfg.global_pruning)]
+    trials, unreachable = {}, []
     with one_thread():
-        for criterion in criteria:
+        for criterion, global_ in options:
             if ratio is not None:
-                trials[criterion] = (*_prune(model, data, cfg, protected, min(ratio, MAX_LAYER_RATIO), criterion), ratio)
-            else:
-                trials[criterion] = search_ratio(model, data, cfg, protected, criterion, metric, goal)
+                trials[criterion, global_] = (*_prune(model, data, cfg, protected, min(ratio, MAX_LAYER_RATIO), criterion,
+                                                      global_), ratio)
+                continue
+            try:
+                trials[criterion, global_] = search_ratio(model, data, cfg, protected, criterion, metric, goal, global_)
+            except _Unreachable as exc:  # importance=auto: another option may still reach the goal
+                unreachable.append(exc)
     model.zero_grad(set_to_none=True)
-    chosen = criteria[0]
-    accuracies = {}
-    if len(criteria) > 1:
-        for criterion, (candidate, _, _) in trials.items():
-            trial = copy.deepcopy(candidate)
-            recalibrate_bn(trial, data)
-            accuracies[criterion] = evaluate(trial, data.val)
-        chosen = max(criteria, key=lambda c: accuracies[c])
+    if not trials:
+        raise unreachable[0]
+    options = [option for option in options if option in trials]
+    chosen = options[0]
+    accuracies, recalibrated = {}, {}
+    if len(options) > 1:  # compare the options as each would be fine-tuned from: with fresh BN statistics
+        for option, (candidate, _, _) in trials.items():
+            recalibrated[option] = copy.deepcopy(candidate)
+            recalibrate_bn(recalibrated[option], data)
+            accuracies[option] = evaluate(recalibrated[option], data.val)
+        chosen = max(options, key=lambda o: accuracies[o])
     candidate, records, used_ratio = trials[chosen]
     if not records:
         raise CompressError(f"nothing to prune at {label}: at ratio {used_ratio:.3f} every group keeps all its channels "
                             f"(each layer is protected ({', '.join(protected)}) or coupled to a protected one, or "
                             f"prune.round_to={cfg.round_to} rounds the cut to zero); unprotect layers or raise prune.amount")
-    if cfg.recalibrate_bn:
+    if cfg.recalibrate_bn and chosen in recalibrated:
+        candidate = recalibrated[chosen]
+    elif cfg.recalibrate_bn:
         recalibrate_bn(candidate, data)
     onnx_path = work / f"step-{label.replace(' ', '-')}.onnx"
     parity = verify_step(model, candidate, records, data, cfg, onnx_path, label)
     stats = _stats(candidate, data.input_shape)
-    step = {"label": label, "importance": chosen, "ratio": used_ratio, **stats, "groups": len(records),
+    step = {"label": label, "importance": chosen[0], "allocation": _allocation(chosen[1]), "ratio": used_ratio,
+            **stats, "groups": len(records),
             "channels_removed": sum(len(r.indices) for r in records if r.outputs),
             "p50_ms": measure_latency(onnx_path, data, cfg)["p50_ms"], "parity": parity}
     if accuracies:
-        step["auto_val_accuracy"] = accuracies
+        step["auto_val_accuracy"] = {f"{c} {_allocation(g)}": accuracy for (c, g), accuracy in accuracies.items()}
     return candidate, step
 
 
+def _allocation(global_pruning: bool) -> str:
+    return "global" if global_pruning else "uniform"
+
+
 def search_ratio(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: list[str], criterion: str,
-                 metric: str, goal: float) -> tuple[nn.Module, list[GroupRecord], float]:
+                 metric: str, goal: float, global_pruning: bool) -> tuple[nn.Module, list[GroupRecord], float]:
     """The smallest pruning ratio whose pruned copy has ``metric`` (macs or params) at most ``goal``, by bisection."""
     def value(candidate: nn.Module) -> int:
         return _stats(candidate, data.input_shape)[metric]
 
-    best = _prune(model, data, cfg, protected, MAX_LAYER_RATIO, criterion)
+    best = _prune(model, data, cfg, protected, MAX_LAYER_RATIO, criterion, global_pruning)
     if value(best[0]) > goal:
         reached = 1 - value(best[0]) / value(model)
         raise _Unreachable(f"at most {reached:.1%} fewer {metric} with every unprotected layer cut as far as "
@@ -333,7 +353,7 @@ def search_ratio(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: l
     low, high = 0.0, MAX_LAYER_RATIO
     for _ in range(SEARCH_ITERATIONS):
         middle = (low + high) / 2
-        candidate = _prune(model, data, cfg, protected, middle, criterion)
+        candidate = _prune(model, data, cfg, protected, middle, criterion, global_pruning)
         reached = value(candidate[0])
         if reached <= goal:
             high, best = middle, candidate
@@ -356,10 +376,11 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _prune(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: list[str], ratio: float, criterion: str):
+def _prune(model: nn.Module, data: Dataset, cfg: PruneConfig, protected: list[str], ratio: float, criterion: str,
+           global_pruning: bool):
     with torch.random.fork_rng(devices=[]):  # random importance: the same channels for the same ratio, and the
         torch.manual_seed(cfg.finetune.seed)  # fine-tune's random stream left as it was
-        return prune_copy(model, data.input_shape, ratio, criterion, cfg.global_pruning, cfg.round_to, tuple(protected))
+        return prune_copy(model, data.input_shape, ratio, criterion, global_pruning, cfg.round_to, tuple(protected))
 
 
 def _accumulate_kd_gradients(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: PruneConfig,

@@ -71,6 +71,17 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The README's `compress pipeline` with every default (MNIST, packaged teacher): (run_dir, manifest).
+    A few minutes on 2 cores; the edge-app tests ship it and the default-run tests check what it measured."""
+    from compress.pipeline import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("runs") / "default"
+    manifest = run_pipeline(PipelineConfig(), run_dir)
+    return run_dir, manifest
+
+
+@pytest.fixture(scope="session")
 def quick_toml(tmp_path_factory):
     """The quick preset written as a config file, for `compress pipeline --config`."""
     from compress.config import to_dict, to_toml

@@ -28,7 +28,7 @@ epochs = 2
 optimizer = "adamw"
 
 [prune]
-amount = 0.4
+amount = 0.35
 protected = ["features.1"]
 """
 
@@ -46,7 +46,7 @@ distill:
     epochs: 2
     optimizer: adamw
 prune:
-  amount: 0.4
+  amount: 0.35
   protected: [features.1]
 """
 
@@ -65,7 +65,7 @@ def test_config_file_sets_every_section(tmp_path, name, text):
     assert cfg.distill.temperature == 2.5 and cfg.distill.alpha == 0.5 and cfg.distill.mode == "online"
     assert (cfg.distill.student.arch, cfg.distill.student.width) == ("mlp", 0.25)
     assert cfg.distill.train.epochs == 2 and cfg.distill.train.optimizer == "adamw"
-    assert cfg.prune.amount == 0.4 and cfg.prune.protected == ["features.1"]
+    assert cfg.prune.amount == 0.35 and cfg.prune.protected == ["features.1"]
     # Untouched fields keep their defaults, including those of a section that was only partly given.
     assert cfg.distill.train.batch_size == DistillConfig().train.batch_size
     assert cfg.quantize == PipelineConfig().quantize

@@ -1,5 +1,5 @@
 """edge_demo/python/classify.py, run in a virtualenv that has onnxruntime, numpy and Pillow but not
-torch nor compress, on a bundle shipped from the quick pipeline run."""
+torch nor compress, on bundles shipped from the quick pipeline run and from the default (MNIST) run."""
 from __future__ import annotations
 
 import json
@@ -39,6 +39,14 @@ def bundle(quick_run, tmp_path_factory):
     run_dir, _ = quick_run
     out = tmp_path_factory.mktemp("edge_python") / "bundle"
     return out, ship(ShipBundleConfig(artifact="int8"), run_dir, out)
+
+
+@pytest.fixture(scope="module")
+def default_bundle(default_run, tmp_path_factory):
+    """The bundle `compress ship` makes of the default run (the artifact the pipeline chose): (folder, model.json)."""
+    run_dir, _ = default_run
+    out = tmp_path_factory.mktemp("edge_python_default") / "bundle"
+    return out, ship(ShipBundleConfig(), run_dir, out)
 
 
 def run_app(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
@@ -158,3 +166,39 @@ def test_missing_image_and_failed_self_test(edge_python, bundle, tmp_path):
     assert result.returncode == 1
     assert f"MISS {copy / info['samples'][0]['file']}: expected {wrong['samples'][0]['label']}" in result.stdout
     assert f"self-test: {len(info['samples']) - 1}/{len(info['samples'])} known samples correct" in result.stdout
+
+
+@pytest.mark.parametrize("model_format", ["ort", "onnx"])
+def test_default_run_bundle_classifies_mnist_test_images_like_onnxruntime(edge_python, default_bundle, tmp_path,
+                                                                           model_format):
+    """The default run's bundle: self-test, then 100 test-split images (not the bundle's samples) saved as
+    PNG files, classified by the app exactly as onnxruntime in Python classifies them, and mostly right."""
+    from compress.data import DataConfig, load_dataset
+    from compress.ship import to_unit_range
+
+    folder, info = default_bundle
+    assert info["input"]["height"] == info["input"]["width"] == 28 and info["chosen_by_pipeline"]
+    selftest = run_app(edge_python, folder, "--self-test", "--format", model_format, cwd=tmp_path)
+    assert selftest.returncode == 0, selftest.stderr
+    assert f"self-test: {len(info['samples'])}/{len(info['samples'])} known samples correct" in selftest.stdout
+    test = load_dataset(DataConfig(source="mnist")).test
+    used = {s["test_index"] for s in info["samples"]}
+    images = tmp_path / "images"
+    images.mkdir()
+    labels = {}
+    for index in [i for i in range(len(test)) if i not in used][:100]:
+        pixels = np.clip(np.rint(to_unit_range(test.x[index:index + 1], spec_of(info)) * 255), 0, 255).astype(np.uint8)
+        name = f"{index:03d}.png"
+        Image.fromarray(pixels[0, 0], mode="L").save(images / name)
+        labels[name] = info["classes"][int(test.y[index])]
+    result = run_app(edge_python, folder, images, "--format", model_format, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    session = ort.InferenceSession(str(folder / f"model.{model_format}"), providers=["CPUExecutionProvider"])
+    predicted = {}
+    for entry in report["results"]:
+        logits = session.run(None, {"input": preprocess_image(Path(entry["file"]), spec_of(info))})[0][0]
+        assert entry["top"][0]["label"] == info["classes"][int(logits.argmax())]
+        predicted[Path(entry["file"]).name] = entry["top"][0]["label"]
+    assert set(predicted) == set(labels)
+    assert np.mean([predicted[name] == label for name, label in labels.items()]) >= 0.95

@@ -47,12 +47,14 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundles(quick_run, tmp_path_factory):
-    """Bundles served side by side: the pipeline's choice, int8, and three damaged copies."""
+def bundles(quick_run, default_run, tmp_path_factory):
+    """Bundles served side by side: the quick run's choice and its int8, the default (MNIST) run's choice, and
+    three damaged copies."""
     run_dir, _ = quick_run
     root = tmp_path_factory.mktemp("edge_web")
     info = {"bundle": ship(ShipBundleConfig(), run_dir, root / "bundle"),
-            "int8": ship(ShipBundleConfig(artifact="int8"), run_dir, root / "int8")}
+            "int8": ship(ShipBundleConfig(artifact="int8"), run_dir, root / "int8"),
+            "default": ship(ShipBundleConfig(), default_run[0], root / "default")}
     for name in ("bad-hash", "bad-missing", "bad-size"):
         shutil.copytree(root / "int8", root / name)
     with open(root / "bad-hash" / "model.onnx", "ab") as handle:
@@ -100,7 +102,7 @@ def python_probabilities(model: Path, x: np.ndarray) -> np.ndarray:
 def known_test_image(info: dict, model: Path, path: Path) -> tuple[Path, np.ndarray]:
     """A test-split image of a 3, not one of the bundle's samples, saved as the PNG a user would upload; the
     first one that onnxruntime in Python gets right. Returns it and Python's probabilities."""
-    test = load_dataset(DataConfig(source="digits")).test
+    test = load_dataset(DataConfig(source=info["source"]["dataset"])).test
     spec = {**info["input"], **info["preprocessing"], "background": info["drawing"]["background"]}
     used = {s["test_index"] for s in info["samples"]}
     for index in (i for i in range(len(test)) if i not in used and test.y[i] == 3):
@@ -112,7 +114,8 @@ def known_test_image(info: dict, model: Path, path: Path) -> tuple[Path, np.ndar
     raise AssertionError("the bundled model gets no test image of a 3 right")
 
 
-@pytest.mark.parametrize("mount, model_format", [("bundle", "ort"), ("int8", "ort"), ("int8", "onnx")])
+@pytest.mark.parametrize("mount, model_format", [("bundle", "ort"), ("int8", "ort"), ("int8", "onnx"),
+                                                  ("default", "ort"), ("default", "onnx")])
 def test_uploaded_image_is_predicted_like_python(browser, site, bundles, tmp_path, mount, model_format):
     from selenium.webdriver.common.by import By
 
@@ -139,21 +142,24 @@ def test_uploaded_image_is_predicted_like_python(browser, site, bundles, tmp_pat
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_drawing_is_classified_live(browser, site, bundles):
+@pytest.mark.parametrize("mount", ["int8", "default"])
+def test_drawing_is_classified_live(browser, site, bundles, mount):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     root, infos = bundles
-    state, text = open_page(browser, site, "bundle=int8/&bench=5")
+    info = infos[mount]
+    state, text = open_page(browser, site, f"bundle={mount}/&bench=5")
     assert state == "ready", text
     pad = browser.find_element(By.ID, "pad")
     ActionChains(browser).move_to_element_with_offset(pad, -40, -90).click_and_hold().move_by_offset(60, 0) \
         .move_by_offset(-30, 90).move_by_offset(-20, 90).release().perform()  # a 7
     result = wait_for_source(browser, "drawing")
-    drawn = np.float32(browser.execute_script("return window.edgeDemo.lastInput")).reshape(1, 1, 8, 8)
+    shape = (1, info["input"]["channels"], info["input"]["height"], info["input"]["width"])
+    drawn = np.float32(browser.execute_script("return window.edgeDemo.lastInput")).reshape(shape)
     assert drawn.max() > drawn.min()  # ink reached the model's input
-    probs = python_probabilities(root / "int8" / "model.ort", drawn)
-    assert result["label"] == infos["int8"]["classes"][int(probs.argmax())]
+    probs = python_probabilities(root / mount / "model.ort", drawn)
+    assert result["label"] == info["classes"][int(probs.argmax())]
     np.testing.assert_allclose(result["probabilities"], probs, atol=1e-4)
 
 

@@ -231,6 +231,20 @@ def test_init_keeps_residual_channels_in_step_resnet(digits, cnn_teacher_path):
         assert s(torch.from_numpy(digits.test.x[:4])).shape == (4, 10)
 
 
+def test_init_from_a_deeper_teacher_keeps_the_first_block_of_each_stage(digits):
+    torch.manual_seed(0)
+    teacher = build_model(ModelSpec("resnet", 0.5, 14), digits.input_shape, digits.num_classes)  # 2 blocks per stage
+    student = build_model(ModelSpec("resnet", 0.5, 8), digits.input_shape, digits.num_classes)  # 1 block per stage
+    note = init_student(student, teacher, digits.input_shape)
+    assert note == "teacher's first blocks (3 dropped), teacher's most important channels (L1)"
+    assert torch.equal(student.stem[0].weight, teacher.stem[0].weight)
+    for stage in range(3):
+        for name, value in student.stages[stage][0].state_dict().items():
+            assert torch.equal(value, teacher.stages[stage][0].state_dict()[name]), (stage, name)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    assert len(teacher.stages[0]) == 2  # the teacher itself is untouched
+
+
 def test_init_falls_back_to_random_for_another_architecture(digits, mlp_teacher_path):
     student = build_model(ModelSpec("resnet", 0.25, 8), digits.input_shape, digits.num_classes)
     before = {k: v.clone() for k, v in student.state_dict().items()}

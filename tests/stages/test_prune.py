@@ -2,6 +2,8 @@
 latency / sparsity targets, rounds, importance criteria, refusal of a step that breaks the model."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_global_allocation_reaches_a_macs_target(arch, digits, tmp_path):
 
 
 def test_default_macs_target_prunes_finetunes_and_reports(cnn_teacher_path, digits, tmp_path):
-    cfg = PruneConfig(finetune=TrainConfig(epochs=2, lr=0.02), **FAST)
+    cfg = PruneConfig(amount=0.5, finetune=TrainConfig(epochs=2, lr=0.02), **FAST)
     result = run(cfg, cnn_teacher_path, cnn_teacher_path, digits, tmp_path / "out")
     m = result.metrics
     assert m["target"]["met"] and m["target"]["reached"] <= 0.5 * m["before"]["macs"]
@@ -74,6 +76,9 @@ def test_default_macs_target_prunes_finetunes_and_reports(cnn_teacher_path, digi
     assert model_stats(pruned, digits.input_shape)["macs"] == m["after_prune"]["macs"]
     changed = [c for k, c in channel_table(pruned).items() if c != m["before"]["channels"][k]]
     assert all(c % 8 == 0 for c in changed)  # round_to=8
+    report = result.outputs["report"].read_text()
+    assert "| before |" in report and "| stages.0.0.conv1 | 16 | 8 |" in report
+    assert json.loads(result.outputs["metrics"].read_text())["macs_reduction"] == m["macs_reduction"]
 
 
 def test_rounds_prune_step_by_step_to_a_parameter_count_with_taylor(mlp_teacher_path, digits, tmp_path):
@@ -93,8 +98,8 @@ def test_auto_importance_keeps_the_most_accurate_criterion(cnn_teacher_path, dig
     m = run(cfg, cnn_teacher_path, cnn_teacher_path, digits, tmp_path / "out").metrics
     step = m["rounds"][0]["steps"][0]
     trials = step["auto_val_accuracy"]
-    assert set(trials) == {"l1", "l2", "bn_scale", "taylor"}
-    assert step["importance"] == max(trials, key=trials.get)
+    assert set(trials) == {f"{c} {a}" for c in ("l1", "l2", "bn_scale", "taylor") for a in ("uniform", "global")}
+    assert f"{step['importance']} {step['allocation']}" == max(trials, key=trials.get)
 
 
 def test_latency_target_is_met_on_cpu_by_pruning_in_measured_steps(mnist, tmp_path):
@@ -211,4 +216,4 @@ def test_the_run_report_shows_the_prune_rounds(quick_run):
     assert "Per round (structured, importance l1" in report
     before = prune["before"]
     assert f"| before | {before['params']:,} | {before['macs'] / 1e6:.2f} |" in report
-    assert f"| 1 | {prune['after_prune']['params']:,} |" in report
+    assert f"| 1 (l1 uniform) | {prune['after_prune']['params']:,} |" in report  # the round names its criterion
