@@ -12,8 +12,8 @@
       then a cross-entropy fine-tune.
 
 on a CIFAR-style ResNet-56 (3 stages of 9 basic blocks, widths 32/64/128, ~505 MMACs at 32x32) and the
-zoo's MobileNetV2-style model, both trained here on 1,500 images of the built-in mnist padded to 32x32
-(1,000 held-out test images: one image is 0.1%). Each method finds its own pruning ratio (bisection) so
+zoo's MobileNetV2-style model, both trained here on the built-in mnist padded to 32x32 (3,500 training images by default,
+1,000 held-out test images: one image is 0.1%). Each method finds its own pruning ratio (bisection) so
 that its MACs are at most the dense MACs / 2 (or / 3). Latency: onnxruntime CPUExecutionProvider,
 1 intra-op thread, batch 1, p50 after a steady warm-up.
 
@@ -24,7 +24,7 @@ layers that cost as much as 16-channel ones; at 32/64/128 every stage can be cut
 
     flock /tmp/compress-heavy.lock python benchmarks/prune_compare.py
 
-Writes benchmarks/results/prune_compare.{json,md}. Not a test: it takes about 20 minutes on 2 cores.
+Writes benchmarks/results/prune_compare.{json,md}. Not a test: it takes about 30 minutes on 2 cores.
 """
 from __future__ import annotations
 
