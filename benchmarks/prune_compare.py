@@ -286,9 +286,7 @@ def time_all(models: dict) -> None:
     samples = {id(row): [] for row in rows}
     for _ in range(LATENCY_PASSES):
         for row in rows:
-            session = make_session(row["onnx"], threads=1)
-            feed = {session.get_inputs()[0].name: row["feed"]}
-            timing = latency_summary(measure(functools.partial(session.run, None, feed), LATENCY).samples_ms)
+            timing = _time_onnx(row["onnx"], row["feed"])
             samples[id(row)].append((timing["p50_ms"], timing["p90_ms"], timing["runs"]))
     for row in rows:
         p50s = [s[0] for s in samples[id(row)]]
@@ -300,6 +298,13 @@ def time_all(models: dict) -> None:
         for row in result["pruned"]:
             row["latency_speedup"] = result["dense"]["p50_ms"] / row["p50_ms"]
             row["speedup_per_macs_reduction"] = row["latency_speedup"] / row["macs_reduction"]
+
+
+def _time_onnx(onnx_path: Path, x: np.ndarray) -> dict:
+    """Latency of one onnxruntime session on ``x`` (1 thread), summarised: p50_ms, p90_ms, runs, ..."""
+    session = make_session(onnx_path, threads=1)
+    feed = {session.get_inputs()[0].name: x}
+    return latency_summary(measure(functools.partial(session.run, None, feed), LATENCY).samples_ms)
 
 
 def nchwc_share(onnx_path: Path) -> dict:
@@ -330,8 +335,7 @@ def channel_block_effect(work: Path) -> list[dict]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"])
-        session = make_session(path, threads=1)
-        timing = latency_summary(measure(functools.partial(session.run, None, {"input": x.numpy()}), LATENCY).samples_ms)
+        timing = _time_onnx(path, x.numpy())
         rows.append({"out_channels": out_channels, "macs": 2 * 16 * out_channels * 9 * 32 * 32,
                      "p50_ms": timing["p50_ms"], **nchwc_share(path)})
     return rows

@@ -14,8 +14,8 @@ export (issue 5's "done when"). Writes benchmarks/results/quantize_compare.{json
 from __future__ import annotations
 
 import argparse
-import json
 import copy
+import json
 import logging
 import platform
 import shlex
