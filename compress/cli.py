@@ -76,8 +76,11 @@ class FriendlyGroup(click.Group):
     """Turn CompressError (and config ValueErrors) into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
+        finished = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            finished = True
+            return result
         except CompressError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -93,7 +96,7 @@ class FriendlyGroup(click.Group):
             sys.exit(130)
         finally:
             if "compress.distributed" in sys.modules:
-                sys.modules["compress.distributed"].teardown()
+                sys.modules["compress.distributed"].teardown(synchronize=finished)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})

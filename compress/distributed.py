@@ -80,8 +80,13 @@ def setup() -> Context:
     return context()
 
 
-def teardown() -> None:
+def teardown(synchronize: bool = True) -> None:
+    """Leave the process group. On a normal exit every process first waits for the others, so no process
+    tears its connections down while a peer is still finishing its last collective (gloo can abort the
+    peer then); after an error in one process there may be no peer to wait for, so it leaves at once."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and context().enabled:
+            dist.barrier()
         dist.destroy_process_group()
 
 

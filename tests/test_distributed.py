@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from compress.cli import main
 from compress.data import DataConfig, load_dataset
-from compress.distributed import Context, epoch_indices, without_option
+from compress.distributed import Context, epoch_indices, teardown, without_option
 from compress.errors import CompressError
 from compress.train import TrainConfig, checkpointing, evaluate, fit, seed_everything
 from compress.zoo import ModelSpec, build_model, load_model
@@ -114,8 +114,10 @@ def _ddp_worker(rank: int, store: str, out_dir: str) -> None:
             fit(student, data, TrainConfig(epochs=1, lr=1e12, grad_clip=0.0), loss_fn, "diverge")
         except CompressError as exc:
             (out / f"diverged{rank}.txt").write_text(str(exc))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        teardown(synchronize=False)
+        raise
+    teardown()
 
 
 def test_ddp_keeps_processes_in_step_and_stops_them_together_on_nan(tmp_path):
