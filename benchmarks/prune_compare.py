@@ -24,7 +24,7 @@ layers that cost as much as 16-channel ones; at 32/64/128 every stage can be cut
 
     flock /tmp/compress-heavy.lock python benchmarks/prune_compare.py
 
-Writes benchmarks/results/prune_compare.{json,md}. Not a test: it takes about 30 minutes on 2 cores.
+Writes benchmarks/results/prune_compare.{json,md}. Not a test: it takes 30-40 minutes on 2 cores.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ from compress.fsutil import atomic_path, run_lock
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the best epoch is chosen on validation accuracy, then loss
 
 
 @dataclass
@@ -74,7 +74,7 @@ class TrainConfig:
 class TrainResult:
     best_val_accuracy: float
     best_epoch: int
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, lr
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, val_loss, lr
     wall_s: float = 0.0  # over all sessions when resumed
     resumed_after_epoch: int = 0  # the checkpoint's epoch this run continued from (0: started fresh)
     processes: int = 1  # data-parallel processes that trained
@@ -154,7 +154,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
         extra_modules: Sequence[nn.Module] = (), checkpoint_dir: str | Path | None = None,
         frozen_modules: Sequence[nn.Module] = ()) -> TrainResult:
     """Train ``model`` (and ``extra_modules``, e.g. an online teacher or hint regressors) and
-    restore the weights of the epoch with the best validation accuracy.
+    restore the weights of the epoch with the best validation accuracy; among epochs with the same
+    accuracy, the one with the lowest validation loss (see ``improves``).
 
     ``checkpoint_dir`` (default: the enclosing ``checkpointing`` block's) gets ``<desc>.pt`` after every
     epoch and a matching checkpoint there is resumed. ``frozen_modules`` (an offline teacher) are only
@@ -189,11 +190,13 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     with distributed.data_parallel(modules, ctx):
         if state is None:
             start_epoch, history = 1, []
-            best_accuracy, best_epoch = _evaluate(model, data.val, ctx), 0
+            best_accuracy, best_loss = _validate(model, data.val, ctx)
+            best_epoch = 0
             best_state = [copy.deepcopy(m.state_dict()) for m in modules]
         else:
             start_epoch, history = state["epoch"] + 1, state["history"]
-            best_accuracy, best_epoch, best_state = state["best_accuracy"], state["best_epoch"], state["best_states"]
+            best_accuracy, best_loss = state["best_accuracy"], state["best_loss"]
+            best_epoch, best_state = state["best_epoch"], state["best_states"]
             if ctx.is_main:
                 tqdm.write(f"{desc}: resuming after epoch {state['epoch']}/{cfg.epochs} from {store.path}")
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -231,20 +234,21 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
                 seen += len(y)
                 progress.set_postfix(loss=f"{total_loss / seen:.4f}")
             distributed.broadcast_buffers(modules)
-            correct, count = _correct(model, data.val, ctx)
-            loss_sum, seen_all, correct, count = distributed.all_reduce_sum([total_loss, seen, correct, count])
-            val_accuracy = correct / count
+            loss_sum, seen_all = distributed.all_reduce_sum([total_loss, seen])
+            val_accuracy, val_loss = _validate(model, data.val, ctx)
             history.append({"epoch": epoch, "loss": loss_sum / max(seen_all, 1), "val_accuracy": val_accuracy,
-                            "lr": optimizer.param_groups[0]["lr"]})
+                            "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]})
             if ctx.is_main:
-                tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {history[-1]['loss']:.4f}  val acc {val_accuracy:.4f}")
-            if val_accuracy > best_accuracy:
-                best_accuracy, best_epoch = val_accuracy, epoch
+                tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {history[-1]['loss']:.4f}  val acc {val_accuracy:.4f}"
+                           f"  val loss {val_loss:.4f}")
+            if improves(val_accuracy, val_loss, best_accuracy, best_loss):
+                best_accuracy, best_loss, best_epoch = val_accuracy, val_loss, epoch
                 best_state = [copy.deepcopy(m.state_dict()) for m in modules]
             if store:
                 store.save({**identity, "epoch": epoch, "modules": [m.state_dict() for m in modules],
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "best_accuracy": best_accuracy, "best_epoch": best_epoch, "best_states": best_state,
+                            "best_accuracy": best_accuracy, "best_loss": best_loss, "best_epoch": best_epoch,
+                            "best_states": best_state,
                             "history": history, "elapsed_s": previous_s + time.perf_counter() - started,
                             "world_size": ctx.world_size, "rng": distributed.gather_objects(_rng_states())})
     for module, module_state in zip(modules, best_state):
@@ -370,17 +374,25 @@ def evaluate(model: nn.Module, split: Split) -> float:
     return float((predict_logits(model, split.x).argmax(1) == split.y).mean())
 
 
-def _correct(model: nn.Module, split: Split, ctx: distributed.Context) -> tuple[int, int]:
-    """Correct predictions on this rank's share of ``split`` (every world_size-th sample)."""
+def improves(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
+    """Whether an epoch beats the best so far: higher validation accuracy, or the same accuracy and a
+    lower validation loss. A small validation split often gives several epochs the same accuracy; the
+    loss then tells them apart (usually in favour of the later, annealed epoch) where keeping the first
+    of them would return a checkpoint from the middle of the learning-rate schedule."""
+    return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
+
+
+def _validate(model: nn.Module, split: Split, ctx: distributed.Context) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on ``split``, each rank taking every world_size-th sample."""
     x, y = split.x[ctx.rank::ctx.world_size], split.y[ctx.rank::ctx.world_size]
-    if len(y) == 0:
-        return 0, 0
-    return int((predict_logits(model, x).argmax(1) == y).sum()), len(y)
-
-
-def _evaluate(model: nn.Module, split: Split, ctx: distributed.Context) -> float:
-    correct, count = distributed.all_reduce_sum(_correct(model, split, ctx))
-    return correct / count
+    correct, loss_sum = 0, 0.0
+    if len(y):
+        logits = predict_logits(model, x)
+        correct = int((logits.argmax(1) == y).sum())
+        loss_sum = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long(),
+                                                     reduction="sum"))
+    correct, loss_sum, count = distributed.all_reduce_sum([correct, loss_sum, len(y)])
+    return correct / count, loss_sum / count
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

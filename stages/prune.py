@@ -71,7 +71,10 @@ class PruneConfig:
     verify_samples: int = 64  # real test samples of the ONNX parity check after every pruning step
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on training batches after each pruning step
     temperature: float = 4.0  # distillation temperature of the fine-tune
-    alpha: float = 0.9  # soft-target weight of the fine-tune
+    # soft-target weight of the fine-tune; lower than distill's 0.9 because the teacher here is often the model
+    # being pruned, or one barely more accurate, and a heavier soft term holds the pruned model to its outputs
+    # (README, Pruning benchmark)
+    alpha: float = 0.5
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))  # per round
 
     def __post_init__(self) -> None:

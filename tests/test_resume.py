@@ -75,7 +75,7 @@ def test_fit_resumes_exactly_from_the_last_epoch_checkpoint(digits, tmp_path, mo
             _train(digits, CFG, tmp_path)
     checkpoint = torch.load(tmp_path / "mlp.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
-    assert {"modules", "optimizer", "scheduler", "rng", "best_states", "best_accuracy", "best_epoch",
+    assert {"modules", "optimizer", "scheduler", "rng", "best_states", "best_accuracy", "best_loss", "best_epoch",
             "elapsed_s"} <= set(checkpoint)
     assert [p.name for p in tmp_path.iterdir()] == ["mlp.pt"]  # written atomically: no temporary file left
 
