@@ -70,8 +70,8 @@ def export_zoo(work: Path) -> dict[str, Path]:
     import torch
 
     from compress.data import DataConfig, load_dataset
+    from compress.onnx_export import ExportConfig, export_model
     from compress.zoo import ModelSpec, build_model
-    from stages.export import ExportConfig, export_model
 
     data = load_dataset(DataConfig(source="mnist"))
     paths = {}

@@ -49,18 +49,19 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from compress.checkpoint import load_model, save_model  # noqa: E402
 from compress.data import DataConfig, Dataset, Split, load_dataset  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
 from compress.metrics import model_stats  # noqa: E402
+from compress.onnx_export import ExportConfig, export_model  # noqa: E402
 from compress.onnxutil import make_session  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
 from compress.train import TrainConfig, evaluate, seed_everything  # noqa: E402
-from compress.zoo import BasicBlock, InvertedResidual, ModelSpec, build_model, load_model, save_model  # noqa: E402
+from compress.zoo import BasicBlock, InvertedResidual, ModelSpec, build_model  # noqa: E402
 from stages import prune as prune_stage  # noqa: E402
 from stages.benchmark import BenchmarkConfig, latency_summary, measure  # noqa: E402
 from stages.distill import train_supervised  # noqa: E402
-from stages.export import ExportConfig, export_model  # noqa: E402
 
 MODELS = {"resnet56": ModelSpec("resnet", 1.0, 56), "mobilenet": ModelSpec("mobilenet", 1.0, 8)}
 REDUCTIONS = (2.0, 3.0)

@@ -31,15 +31,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from compress.checkpoint import load_model  # noqa: E402
 from compress.data import DataConfig, load_dataset  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
 from compress.metrics import onnx_stats  # noqa: E402
+from compress.onnx_export import ExportConfig, export_model  # noqa: E402
 from compress.onnxutil import make_session, predict  # noqa: E402
 from compress.quant_analysis import cpu_int8_support  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
 from compress.train import TrainConfig  # noqa: E402
-from compress.zoo import BasicBlock, ModelSpec, load_model  # noqa: E402
-from stages.export import ExportConfig, export_model  # noqa: E402
+from compress.zoo import BasicBlock, ModelSpec  # noqa: E402
 from stages.quantize import CalibrationReader, QuantizeConfig, calibration_samples, quantize  # noqa: E402
 from stages.teacher import TeacherConfig, train_teacher  # noqa: E402
 
@@ -125,7 +126,7 @@ def compare_model(name: str, data, calibration: np.ndarray, tmp: Path, args) -> 
 
 def trained_model(name: str, data, run_dir: Path) -> tuple[torch.nn.Module, str]:
     if name == "resnet":
-        pruned = run_dir / "prune" / "pruned.pt"
+        pruned = run_dir / "prune" / "pruned.safetensors"
         if not pruned.is_file():
             raise SystemExit(f"{pruned} not found: run `compress pipeline --out {run_dir}` first, or pass --run-dir")
         config = json.loads((run_dir / "manifest.json").read_text())["config"]
@@ -164,7 +165,7 @@ def ort_latency(path: Path, data, seconds: float) -> dict:
         session = make_session(path, "cpu", threads)
         for batch in BATCHES:
             feed = {"input": np.ascontiguousarray(data.val.x[:batch])}
-            cells[f"b{batch}_t{threads}"] = timed(lambda: session.run(None, feed), seconds)
+            cells[f"b{batch}_t{threads}"] = timed(lambda session=session, feed=feed: session.run(None, feed), seconds)
     return cells
 
 
@@ -201,7 +202,7 @@ def pt2e_variants(model: torch.nn.Module, data, calibration: np.ndarray, seconds
                     compiled(x)
                     for threads in THREADS:
                         torch.set_num_threads(threads)
-                        out[label]["latency_ms"][f"b{batch}_t{threads}"] = timed(lambda: compiled(x), seconds)
+                        out[label]["latency_ms"][f"b{batch}_t{threads}"] = timed(lambda compiled=compiled, x=x: compiled(x), seconds)
                     if batch == 1:
                         predictions = [compiled(torch.tensor(data.test.x[i:i + 1])).argmax(1).item()
                                        for i in range(len(data.test.x))]

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -23,7 +24,7 @@ def _config(config_path, overrides, data=None):
     return load_config(config_path, overrides)
 
 
-def _fresh(path: Path, force: bool) -> None:
+def _refuse_existing(path: Path, force: bool) -> None:
     """Refuse to replace a finished output unless asked to."""
     if path.exists() and not force:
         raise CompressError(f"{path} already exists: pass --force to replace it, or choose another --out")
@@ -66,42 +67,55 @@ def _is_main() -> bool:
     return context().is_main
 
 
-def _file_hash(path) -> str:
-    from compress.fsutil import sha256
-
-    return sha256(path) if path and Path(path).is_file() else "missing"
-
-
 class FriendlyGroup(click.Group):
-    """Turn CompressError (and config ValueErrors) into one line on stderr and exit code 2."""
+    """The CLI boundary: every failure becomes one line on stderr and exit code 2 (130 on Ctrl-C or SIGTERM).
+    ``--debug`` (or COMPRESS_DEBUG=1) also prints the full chained traceback behind the line."""
 
     def invoke(self, ctx):
+        import signal
+
+        from compress.errors import user_message
+
         finished = False
+        debug = ctx.params.get("debug") or os.environ.get("COMPRESS_DEBUG", "") not in ("", "0")
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
         try:
             result = super().invoke(ctx)
             finished = True
             return result
-        except CompressError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:
-            from compress.fsutil import DISK_FULL, disk_full_error
-
-            if exc.errno not in DISK_FULL:
-                raise
-            click.echo(f"error: {disk_full_error(exc.filename or 'the output')}", err=True)
-            sys.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
         except KeyboardInterrupt:
+            if debug:
+                traceback.print_exc()
             click.echo("interrupted: finished stages are kept; rerun with --resume", err=True)
             sys.exit(130)
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            message = user_message(exc)
+            if message is None:
+                from compress.errors import first_line
+
+                message = (f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug in compress: rerun with --debug "
+                           "for the traceback and report it)")
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
         finally:
+            signal.signal(signal.SIGTERM, previous_term)
             if "compress.distributed" in sys.modules:
                 sys.modules["compress.distributed"].teardown(synchronize=finished)
 
 
+def _terminate(signum, frame):
+    """SIGTERM cleans up like Ctrl-C: staging folders, temporary files and locks go, checkpoints stay."""
+    raise KeyboardInterrupt
+
+
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compress")
-def main():
+@click.option("--debug", is_flag=True, help="Print the full traceback behind an error (or set COMPRESS_DEBUG=1).")
+def main(debug):
     """Compress a PyTorch teacher into a small, fast, verified int8 ONNX student.
 
     \b
@@ -159,184 +173,162 @@ def show_config(config_path, overrides):
     click.echo(to_toml(to_dict(_config(config_path, overrides))), nl=False)
 
 
+def stage_command(name: str, out_help: str, resumable: bool = True):
+    """The options every per-stage command shares (--data, --config, --set, --out, --force, and for training
+    stages --resume and --nproc), with the stage's --set keys, generated from its config dataclass, in --help."""
+    def decorate(function):
+        from stages import STAGES
+
+        options = [
+            click.option("--data", default=None, help=DATA_HELP + " Default: the config's [data], else mnist."),
+            click.option("--config", "config_path", type=click.Path(),
+                         help=f"Config file (its [{name}] and [data] sections)."),
+            click.option("--set", "overrides", multiple=True, help=SET_HELP),
+            click.option("--out", "out_path", type=click.Path(), required=True, help=out_help),
+            click.option("--force", is_flag=True, help="Replace an existing output."),
+        ]
+        if resumable:
+            options += [click.option("--resume", is_flag=True, help=RESUME_HELP),
+                        click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)]
+        for option in reversed(options):
+            function = option(function)
+        from compress.config import field_help
+
+        keys = "\n".join("  " + line for line in field_help(STAGES[name].config, f"{name}."))
+        function.__doc__ = (function.__doc__ or "").rstrip() + f"\n\n\b\nKeys of [{name}] (--set {name}.KEY=VALUE):\n{keys}\n"
+        return function
+    return decorate
+
+
+def _run_stage_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, force: bool, resume: bool,
+                       **run_options) -> dict:
+    """A training stage on its own: ``--out`` becomes a one-stage run folder through the shared stage runner."""
+    from compress.config import to_dict
+    from compress.data import load_dataset
+    from compress.runner import data_identity, run_single_stage
+    from stages import STAGES
+
+    _threads(cfg)
+    stage_cfg = getattr(cfg, stage)
+    return run_single_stage(
+        stage, stage_cfg, data_identity(cfg.data), inputs,
+        lambda out: STAGES[stage].run(stage_cfg, inputs, load_dataset(cfg.data), out, **run_options),
+        Path(out_path), resume, force, to_dict(cfg))
+
+
+def _run_file_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, force: bool, **run_options) -> dict:
+    """A stage that writes a file (export, quantize) through the shared stage runner."""
+    from compress.data import load_dataset
+    from compress.runner import data_identity, run_file_stage
+    from stages import STAGES
+
+    stage_cfg = getattr(cfg, stage)
+    return run_file_stage(stage, stage_cfg, data_identity(cfg.data), inputs,
+                          lambda out: STAGES[stage].run(stage_cfg, inputs, load_dataset(cfg.data), out, **run_options),
+                          Path(out_path), force)
+
+
 @main.command(name="teacher")
-@click.option("--data", default="mnist", show_default=True, help=DATA_HELP)
-@click.option("--config", "config_path", type=click.Path(), help="Config file (its [teacher] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for teacher.pt.")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--resume", is_flag=True, help=RESUME_HELP)
-@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
-def teacher_command(data, config_path, overrides, out_dir, force, resume, nproc):
-    """Train (or load) a teacher from the zoo.
+@stage_command("teacher", "Folder for teacher.safetensors and its manifest.json.")
+def teacher_command(data, config_path, overrides, out_path, force, resume, nproc):
+    """Train (or load) a teacher.
 
     \b
     Example:
       compress teacher --data digits --set teacher.source=train --set teacher.model.arch=mlp --out runs/t
     """
-    from compress.config import to_dict
-    from compress.data import load_dataset
-    from compress.distributed import output_dir
-    from compress.train import resumable, run_key
-    from stages import teacher
+    from stages.teacher import teacher_inputs
 
     if _relaunched(nproc, "teacher"):
         return
     cfg = _config(config_path, overrides, data)
-    _fresh(Path(out_dir), force)
-    _threads(cfg)
-    key = run_key(command="teacher", config=to_dict(cfg.teacher), data=to_dict(cfg.data),
-                  teacher_file=_file_hash(cfg.teacher.path))
-    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
-        result = teacher.run(cfg.teacher, cfg.data, load_dataset(cfg.data), tmp)
+    record = _run_stage_command("teacher", cfg, teacher_inputs(cfg.teacher, cfg.data), out_path, force, resume)
     if _is_main():
-        _echo_metrics(result.metrics)
+        _echo_metrics(record["metrics"])
 
 
 @main.command()
-@click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher checkpoint (.pt).")
-@click.option("--data", default="mnist", show_default=True, help=DATA_HELP)
-@click.option("--config", "config_path", type=click.Path(), help="Config file (its [distill] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher checkpoint.")
 @click.option("--baseline", is_flag=True, help="Also train the student without distillation.")
-@click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for student.pt.")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--resume", is_flag=True, help=RESUME_HELP)
-@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
-def distill(teacher_path, data, config_path, overrides, baseline, out_dir, force, resume, nproc):
+@stage_command("distill", "Folder for student.safetensors and its manifest.json.")
+def distill(teacher_path, baseline, data, config_path, overrides, out_path, force, resume, nproc):
     """Distill a smaller student from a teacher.
 
     \b
-    Example:
-      compress distill --teacher runs/default/teacher/teacher.pt --set distill.student.width=0.25 --out runs/s
-      compress distill --teacher teacher.pt --data digits --out runs/s2 --nproc 2
+    Examples:
+      compress distill --teacher runs/default/teacher/teacher.safetensors --set distill.student.width=0.25 --out runs/s
+      compress distill --teacher teacher.safetensors --data digits --out runs/s2 --nproc 2
     """
-    from compress.config import to_dict
-    from compress.data import load_dataset
-    from compress.distributed import output_dir
-    from compress.train import resumable, run_key
-    from stages import distill as distill_stage
-
     if _relaunched(nproc, "distill"):
         return
     cfg = _config(config_path, list(overrides) + (["distill.baseline=true"] if baseline else []), data)
-    _fresh(Path(out_dir), force)
-    _threads(cfg)
-    key = run_key(command="distill", config=to_dict(cfg.distill), data=to_dict(cfg.data), teacher=_file_hash(teacher_path))
-    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
-        result = distill_stage.run(cfg.distill, Path(teacher_path), load_dataset(cfg.data), tmp)
+    record = _run_stage_command("distill", cfg, {"teacher": Path(teacher_path)}, out_path, force, resume)
     if _is_main():
-        _echo_metrics(result.metrics)
+        _echo_metrics(record["metrics"])
 
 
 @main.command()
 @click.argument("model_path", type=click.Path())
 @click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher for the fine-tune.")
-@click.option("--data", default="mnist", show_default=True, help=DATA_HELP)
-@click.option("--config", "config_path", type=click.Path(), help="Config file (its [prune] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--out", "out_dir", type=click.Path(), required=True, help="Folder for pruned.pt.")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--resume", is_flag=True, help=RESUME_HELP)
-@click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
-def prune(model_path, teacher_path, data, config_path, overrides, out_dir, force, resume, nproc):
+@stage_command("prune", "Folder for pruned.safetensors, prune.md/json and its manifest.json.")
+def prune(model_path, teacher_path, data, config_path, overrides, out_path, force, resume, nproc):
     """Remove channels, neurons and attention heads from a model (a smaller dense model, verified
     after every step: forward pass, ONNX export, parity), then fine-tune it by distillation.
+    target=sparsity is unstructured magnitude pruning instead: a smaller gzip file, NOT faster on
+    dense runtimes.
 
-    \b
-    Options of the [prune] section (set with --set prune.KEY=VALUE):
-      target=macs|channels|params|latency|sparsity  what `amount` is a share of (default macs);
-          sparsity = unstructured magnitude pruning: smaller gzip file, NOT faster on dense runtimes
-      amount=0.5             share to remove, in (0, 1)
-      max_params=N           target=params: keep at most N parameters instead of `amount`
-      max_latency_ms=X       target=latency: reach p50 X ms instead of `amount`
-      latency_reference=model|teacher   target=latency with `amount`: share of whose p50
-      provider=cpu, latency_threads=1, latency_runs=200, latency_seconds=0.2   how latency is measured
-      importance=l1|l2|bn_scale|taylor|random|auto   channel ranking (auto: the most accurate
-          after pruning of the first four, each uniform and global)
-      global_pruning=false   true: rank channels across layers; false: same share per layer (uniform);
-          importance=auto tries both and ignores it
-      round_to=8, protect_first=true, protected=["layer", ...]   (the classifier is always protected)
-      rounds=1               rounds of prune + fine-tune; finetune.epochs=4, finetune.lr=0.02 per round
-      steps=20, step_fraction=0.1   target=latency: steps per round, share of MACs cut per step
-      recalibrate_bn=true, verify_samples=64, temperature=4.0, alpha=0.9
     \b
     Examples:
-      compress prune runs/default/distill/student.pt --teacher runs/default/teacher/teacher.pt \\
+      compress prune runs/default/distill/student.safetensors --teacher runs/default/teacher/teacher.safetensors \\
           --set prune.amount=0.5 --set prune.importance=taylor --out runs/p
-      compress prune student.pt --teacher teacher.pt --set prune.target=latency \\
+      compress prune student.safetensors --teacher teacher.safetensors --set prune.target=latency \\
           --set prune.latency_reference=teacher --set prune.amount=0.5 --set prune.rounds=2 --out runs/p2
     """
-    from compress.config import to_dict
-    from compress.data import load_dataset
-    from compress.distributed import output_dir
-    from compress.train import resumable, run_key
-    from stages import prune as prune_stage
-
     if _relaunched(nproc, "prune"):
         return
     cfg = _config(config_path, overrides, data)
-    _fresh(Path(out_dir), force)
-    _threads(cfg)
-    key = run_key(command="prune", config=to_dict(cfg.prune), data=to_dict(cfg.data), model=_file_hash(model_path),
-                  teacher=_file_hash(teacher_path))
-    with resumable(Path(out_dir), key, resume, force), output_dir(Path(out_dir)) as tmp:
-        result = prune_stage.run(cfg.prune, Path(model_path), Path(teacher_path), load_dataset(cfg.data), tmp)
+    record = _run_stage_command("prune", cfg, {"student": Path(model_path), "teacher": Path(teacher_path)}, out_path,
+                                force, resume)
     if _is_main():
         # the full per-layer and per-round report is in OUT/prune.md (and prune.json)
+        metrics = record["metrics"]
         summary = ("method", "target", "macs_reduction", "params_reduction", "latency_speedup", "channels_removed",
                    "sparsity", "compressed", "note")
-        _echo_metrics({**{k: v for k, v in result.metrics.items() if k in summary},
-                       "test_accuracy": result.metrics["after_finetune"]["test_accuracy"],
-                       "report": str(Path(out_dir) / "prune.md")})
+        _echo_metrics({**{k: v for k, v in metrics.items() if k in summary},
+                       "test_accuracy": metrics["after_finetune"]["test_accuracy"],
+                       "report": str(Path(out_path) / "prune.md")})
 
 
 @main.command()
 @click.argument("model_path", type=click.Path())
-@click.option("--data", default="mnist", show_default=True, help=DATA_HELP + " Gives the shapes and parity inputs.")
-@click.option("--config", "config_path", type=click.Path(), help="Config file (its [export] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--out", "out_path", type=click.Path(), required=True, help="ONNX file to write.")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@stage_command("export", "ONNX file to write.", resumable=False)
 def export(model_path, data, config_path, overrides, out_path, force):
-    """Export a PyTorch checkpoint to ONNX, checked and verified against PyTorch.
+    """Export a PyTorch checkpoint to ONNX, checked and verified against PyTorch on real test inputs.
 
     \b
     Example:
-      compress export runs/default/prune/pruned.pt --data mnist --out pruned.onnx
+      compress export runs/default/prune/pruned.safetensors --data mnist --out pruned.onnx
     """
-    from compress.data import load_dataset
-    from compress.fsutil import sha256
-    from compress.zoo import load_model
-    from stages.export import export_model
-
     cfg = _config(config_path, overrides, data)
-    _fresh(Path(out_path), force)
-    parity = export_model(load_model(model_path), Path(out_path), load_dataset(cfg.data), cfg.export,
-                          {"source": str(model_path), "source_sha256": sha256(model_path)})
-    _echo_metrics(parity)
+    record = _run_file_command("export", cfg, {Path(out_path).stem: Path(model_path)}, out_path, force)
+    _echo_metrics(next(iter(record["metrics"].values())))
 
 
 @main.command()
 @click.argument("model_path", type=click.Path())
-@click.option("--data", default="mnist", show_default=True, help=DATA_HELP + " Calibrates and scores.")
-@click.option("--config", "config_path", type=click.Path(), help="Config file (its [quantize] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--out", "out_path", type=click.Path(), required=True, help="int8 ONNX file to write.")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@stage_command("quantize", "int8 ONNX file to write (its per-layer report goes beside it).", resumable=False)
 def quantize(model_path, data, config_path, overrides, out_path, force):
-    """Quantize an fp32 ONNX model to static int8, calibrated on real samples.
+    """Quantize an fp32 ONNX model with onnxruntime (auto: measure the int8 formats, keep the fastest
+    within the accuracy budget), calibrated on real samples.
 
     \b
     Example:
       compress quantize model.onnx --data digits --out q.onnx --set quantize.method=entropy
     """
-    from compress.data import load_dataset
-    from stages.quantize import quantize as quantize_model
-
     cfg = _config(config_path, overrides, data)
-    _fresh(Path(out_path), force)
-    _echo_metrics(quantize_model(cfg.quantize, Path(model_path), load_dataset(cfg.data), Path(out_path)))
+    record = _run_file_command("quantize", cfg, {"model": Path(model_path)}, out_path, force,
+                               name=Path(out_path).stem)
+    _echo_metrics(record["metrics"])
 
 
 @main.command(name="ship")
@@ -434,8 +426,10 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     import shlex
     import tempfile
 
+    from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import staging_dir, write_text
+    from compress.fsutil import write_text
+    from compress.runner import data_identity, run_single_stage, run_stage
     from stages.benchmark import run, terminal_table
 
     if list_providers:
@@ -457,15 +451,27 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
         paths[Path(path).stem if Path(path).stem not in paths else str(path)] = Path(path)
     for target in (out_dir, json_path, markdown_path):
         if target:
-            _fresh(Path(target), force)
+            _refuse_existing(Path(target), force)
     command = shlex.join(["compress", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else None
-    with (staging_dir(Path(out_dir)) if out_dir else tempfile.TemporaryDirectory()) as tmp:
-        result = run(cfg.benchmark, paths, dataset, Path(tmp), command=command)
+    identity = data_identity(cfg.data) if dataset is not None else {"data": None}
+
+    def work(out: Path):
+        return run(cfg.benchmark, paths, dataset, out, command=command)
+
+    with tempfile.TemporaryDirectory(prefix="compress-benchmark-") as tmp:
+        if out_dir:
+            record = run_single_stage("benchmark", cfg.benchmark, identity, paths, work, Path(out_dir), False, force,
+                                      to_dict(cfg))
+            folder = Path(out_dir)
+        else:
+            folder = Path(tmp) / "benchmark"
+            record = run_stage("benchmark", cfg.benchmark, identity, paths, work, folder, folder, Path(tmp) / "ckpt")
         for target, key in ((json_path, "benchmark_json"), (markdown_path, "benchmark_md")):
             if target:
-                write_text(target, result.outputs[key].read_text())
-    click.echo(terminal_table(result.metrics), nl=False)
-    first = next(iter(result.metrics.values()))
+                write_text(target, (folder / record["outputs"][key]["path"]).read_text())
+    metrics = {name: r for name, r in record["metrics"].items() if name in paths}
+    click.echo(terminal_table(metrics), nl=False)
+    first = next(iter(metrics.values()))
     click.echo(f"{first['provider']}, {cfg.benchmark.threads} thread(s), latency batch {first['latency_batch'] or 'fixed'}; "
                f"input transfer: {first['transfer'].get('reason', 'see the JSON')}")
     for target in (out_dir, json_path, markdown_path):

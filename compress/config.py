@@ -13,12 +13,15 @@ from compress.data import DataConfig
 from compress.errors import CompressError
 from compress.train import TrainConfig  # noqa: F401  (nested in stage configs; kept importable from here)
 from compress.zoo import ModelSpec  # noqa: F401
-from stages.benchmark import BenchmarkConfig
-from stages.distill import DistillConfig
-from stages.export import ExportConfig
-from stages.prune import PruneConfig
-from stages.quantize import QuantizeConfig
-from stages.teacher import TeacherConfig
+from stages import STAGES
+
+# The stage sections of PipelineConfig, taken from the one stage registry.
+TeacherConfig = STAGES["teacher"].config
+DistillConfig = STAGES["distill"].config
+PruneConfig = STAGES["prune"].config
+ExportConfig = STAGES["export"].config
+QuantizeConfig = STAGES["quantize"].config
+BenchmarkConfig = STAGES["benchmark"].config
 
 
 @dataclass
@@ -198,3 +201,31 @@ def _toml_value(value) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(value)
+
+
+def field_help(cls: type, prefix: str, default=None) -> list[str]:
+    """One line per field of ``cls`` (nested sections expanded): the --set key, its default and the
+    comment written beside it in the dataclass, so help text cannot drift from the defaults."""
+    comments = _field_comments(cls)
+    default = cls() if default is None else default
+    lines = []
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += field_help(type(value), f"{prefix}{f.name}.", value)
+            continue
+        shown = _toml_value(value) if value is not None else "(none)"
+        lines.append(f"{prefix}{f.name}={shown}  {comments.get(f.name, '')}".rstrip())
+    return lines
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    pattern = re.compile(r"^\s+(\w+):[^#\n]*?#\s*(.+)$")
+    return {m.group(1): m.group(2).strip() for line in source.splitlines() if (m := pattern.match(line))}

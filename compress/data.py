@@ -61,6 +61,7 @@ class Dataset:
     mean: list[float] = field(default_factory=list)  # per channel, empty when not normalized
     std: list[float] = field(default_factory=list)
     pixel_scale: float = 1.0  # raw values were divided by this before normalization (255 for 8-bit images)
+    config: DataConfig | None = None  # what it was loaded from: the split's identity
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -103,7 +104,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     x = x.astype(np.float32)
     y = y.astype(np.int64)
     return Dataset(name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]),
-                   Split(x[test_idx], y[test_idx]), class_names, mean, std, pixel_scale)
+                   Split(x[test_idx], y[test_idx]), class_names, mean, std, pixel_scale, cfg)
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int):

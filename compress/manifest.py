@@ -13,7 +13,7 @@ from pathlib import Path
 from compress.errors import CompressError
 from compress.fsutil import sha256, write_json
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: checkpoints are spec + safetensors; fingerprints cover the data content
 TRACKED_PACKAGES = ("compress", "torch", "onnx", "onnxruntime", "numpy", "torch-pruning", "scikit-learn", "mlxtend")
 
 
@@ -23,6 +23,13 @@ class StageResult:
 
     outputs: dict[str, Path]
     metrics: dict = field(default_factory=dict)
+
+
+def compress_version() -> str:
+    try:
+        return metadata.version("compress")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def package_versions() -> dict[str, str]:

@@ -293,8 +293,11 @@ def tensor_errors(fp32_path: Path, quantized_path: Path, reader_factory: Callabl
     quantize/dequantize when it has one) against fp32, errors of earlier layers included; and for quantized
     activations ``rounding_sqnr_db``, the fp32 values against their own rounding with the tensor's scale and
     zero point: the error that tensor adds by itself."""
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     activations = {}
     for label, path in (("fp32", fp32_path), ("quantized", quantized_path)):

@@ -7,12 +7,15 @@ alone, and a model measured after another inherits its allocator state. A fresh,
 model gives every model the same starting point, the one a deployed app has.
 
     python compress/worker.py time SETTINGS_JSON        # one JSON line per timing job, samples in .npy files
+    python compress/worker.py interleave SETTINGS_JSON  # several models timed in alternating rounds
     python compress/worker.py cold_start SETTINGS_JSON  # one JSON line: creation/first-run times and memory
 
 SETTINGS_JSON holds model, providers, optimization and execution_mode (onnxruntime enum names),
 input_names, and for ``time``: dir (feeds ``feed_<name>.npz`` of arr_0, arr_1, ... in input order;
 samples are written there), rules (the warm-up and run-count fields of BenchmarkConfig) and jobs
-(name, feed, intra_op, inter_op, min_runs); for ``cold_start``: feed, intra_op, inter_op and runs.
+(name, feed, intra_op, inter_op, min_runs); for ``interleave``: dir, rules, intra_op, inter_op, rounds,
+round_seconds, round_runs and models (name, model, feed; the settings' own model is unused); for
+``cold_start``: feed, intra_op, inter_op and runs.
 """
 from __future__ import annotations
 
@@ -135,9 +138,46 @@ def time_jobs(settings: dict) -> None:
         if key not in sessions:
             sessions[key] = session(settings, *key)
         run, feed = sessions[key].run, load_feed(f"{settings['dir']}/feed_{job['feed']}.npz", settings["input_names"])
-        timing = measure(lambda: run(None, feed), rules, job["min_runs"])
+        timing = measure(lambda run=run, feed=feed: run(None, feed), rules, job["min_runs"])
         np.save(f"{settings['dir']}/samples_{job['name']}.npy", timing.samples_ms)
         print(json.dumps({"name": job["name"], "warmup_runs": timing.warmup_runs, "steady": timing.steady}), flush=True)
+
+
+def interleave(settings: dict) -> None:
+    """Time several models in alternating rounds in this one process, so that a ratio between two of them
+    is measured under the same machine state: each round runs every model for ``round_seconds`` (and at
+    least ``round_runs`` times), starting from a different model each round. Prints one JSON line per
+    model with its warm-up and its per-round sample counts; all samples go to samples_<name>.npy."""
+    rules = SimpleNamespace(**settings["rules"])
+    runs, warmups = {}, {}
+    for entry in settings["models"]:
+        model = session({**settings, "model": entry["model"]}, settings["intra_op"], settings["inter_op"])
+        feed = load_feed(f"{settings['dir']}/feed_{entry['feed']}.npz", entry["input_names"])
+        runs[entry["name"]] = (lambda run=model.run, feed=feed: run(None, feed))
+        warmups[entry["name"]] = warm_up(runs[entry["name"]], rules)
+    names = list(runs)
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
+    gc_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_index in range(settings["rounds"]):
+            for offset in range(len(names)):
+                name = names[(round_index + offset) % len(names)]
+                fn, times = runs[name], []
+                started = time.perf_counter()
+                while len(times) < settings["round_runs"] or time.perf_counter() - started < settings["round_seconds"]:
+                    begin = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - begin)
+                samples[name].append(times)
+    finally:
+        if gc_enabled:
+            gc.enable()
+    for name in names:
+        np.save(f"{settings['dir']}/samples_{name}.npy", np.array([t for rnd in samples[name] for t in rnd]) * 1e3)
+        warmup_runs, steady = warmups[name]
+        print(json.dumps({"name": name, "warmup_runs": warmup_runs, "steady": steady,
+                          "round_runs": [len(rnd) for rnd in samples[name]]}), flush=True)
 
 
 def cold_start(settings: dict) -> None:
@@ -160,4 +200,4 @@ def cold_start(settings: dict) -> None:
 
 
 if __name__ == "__main__":
-    {"time": time_jobs, "cold_start": cold_start}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"time": time_jobs, "interleave": interleave, "cold_start": cold_start}[sys.argv[1]](json.loads(sys.argv[2]))

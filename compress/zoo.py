@@ -7,10 +7,8 @@ width, so a student is the teacher's architecture at a smaller width (and possib
 from __future__ import annotations
 
 import importlib
-import warnings
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -377,7 +375,15 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build ``spec`` for inputs of shape ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+    """Build ``spec`` for inputs of shape ``input_shape`` (C, H, W) and ``num_classes`` outputs; the model
+    carries the spec it was built from (``compress_spec``), which its checkpoint stores instead of code."""
+    model = _build(spec, tuple(input_shape), num_classes)
+    model.compress_spec = {"builder": "zoo", "model": asdict(spec), "input_shape": list(input_shape),
+                           "num_classes": num_classes}
+    return model
+
+
+def _build(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     in_channels = input_shape[0]
     if spec.arch == "mlp":
         in_features = 1
@@ -399,8 +405,8 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
     return MobileNet(in_channels, num_classes, spec.width, spec.depth or 8)
 
 
-def load_factory_model(factory: str, state_dict_path: str | Path | None) -> nn.Module:
-    """A user's own model: ``package.module:function`` returning an nn.Module, plus an optional state_dict."""
+def call_factory(factory: str) -> nn.Module:
+    """A user's own model: ``package.module:function`` called with no arguments, returning an nn.Module."""
     module_name, _, function_name = factory.partition(":")
     if not module_name or not function_name:
         raise CompressError(f"teacher factory must look like 'package.module:function', got {factory!r}")
@@ -408,26 +414,26 @@ def load_factory_model(factory: str, state_dict_path: str | Path | None) -> nn.M
         builder = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise CompressError(f"cannot import teacher factory {factory!r}: {exc}") from exc
-    model = builder()
+    if not callable(builder):
+        raise CompressError(f"teacher factory {factory!r} is not a function")
+    try:
+        model = builder()
+    except Exception as exc:  # the user's code may raise anything
+        raise CompressError(f"teacher factory {factory!r} failed when called with no arguments "
+                            f"({type(exc).__name__}: {str(exc).strip()[:200]}): it must build and return the model") from exc
     if not isinstance(model, nn.Module):
         raise CompressError(f"teacher factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    model.compress_spec = {"builder": "factory", "factory": factory}
+    return model
+
+
+def load_factory_model(factory: str, state_dict_path: str | Path | None) -> nn.Module:
+    """A user's own model from its factory, with the weights of a state_dict file (safetensors or torch.save)."""
+    from compress.checkpoint import read_state_dict
+
+    model = call_factory(factory)
     if state_dict_path is not None:
-        try:
-            state = torch.load(_existing(state_dict_path), map_location="cpu", weights_only=True)
-        except CompressError:
-            raise
-        except Exception as exc:  # a bad zip/pickle, or a whole pickled model, which weights_only refuses
-            if not zipfile.is_zipfile(state_dict_path):
-                reason = "it is not a file written by torch.save"
-            elif "weights only load failed" in str(exc).lower():
-                reason = "it holds Python objects besides tensors, e.g. a whole pickled model"
-            else:
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise CompressError(f"cannot read {state_dict_path} as a state_dict ({reason}): save it with "
-                                "torch.save(model.state_dict(), path)") from exc
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CompressError(f"{state_dict_path} holds a {type(state).__name__}, not a state_dict of tensors: save it "
-                                "with torch.save(model.state_dict(), path)")
+        state = read_state_dict(state_dict_path)
         problem = _state_dict_mismatch(model, state)
         if problem:
             raise CompressError(f"state_dict {state_dict_path} does not match the model from {factory}: {problem}")
@@ -450,50 +456,3 @@ def _state_dict_mismatch(model: nn.Module, state: dict) -> str:
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {shapes[0]}")
     return "; ".join(parts)
-
-
-def save_model(model: nn.Module, path: Path) -> None:
-    """Save a whole module (pruned models have no builder spec, so the module itself is pickled)."""
-    from compress.fsutil import atomic_path
-
-    # Saved through a file object: torch.save and torch.jit.save name the archive's root folder after a path
-    # they are given (here a random temporary name), which would make identical models hash differently.
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        if isinstance(model, torch.jit.ScriptModule):
-            torch.jit.save(model, handle)
-        else:
-            torch.save(model, handle)
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """Load a model saved by ``save_model`` or a TorchScript file; always in eval mode on CPU."""
-    path = _existing(path)
-    try:
-        if _is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load is deprecated, still supported
-                model = torch.jit.load(str(path), map_location="cpu")
-        else:
-            model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a bad pickle/zip
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"{path} is not a model saved by compress nor a TorchScript file ({reason})") from exc
-    if not isinstance(model, nn.Module):
-        raise CompressError(f"{path} holds a {type(model).__name__}, not a model; for a state_dict pass a factory too")
-    return model.eval()
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives carry the model's code in a code/ folder; torch.save archives do not."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"file not found: {path}")
-    return path

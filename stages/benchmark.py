@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -31,11 +29,23 @@ from tqdm import tqdm
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path, write_json, write_text
+from compress.latency import Target, TimingRules, cold_start, latency_summary, ratio_over_rounds, time_interleaved, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
-from compress.onnxutil import (EXECUTION_MODES, OPTIMIZATION_LEVELS, InputSpec, array_feed, check_input,
-                               generated_feed, input_specs, load_onnx, make_session, parse_key_values, predict,
-                               provider_chain, resolve_provider)
+from compress.onnxutil import (
+    EXECUTION_MODES,
+    OPTIMIZATION_LEVELS,
+    InputSpec,
+    array_feed,
+    check_input,
+    generated_feed,
+    input_specs,
+    load_onnx,
+    make_session,
+    parse_key_values,
+    predict,
+    resolve_provider,
+)
 from compress.report import markdown_table
 from compress.worker import Timing, measure, warm_up  # noqa: F401  (warm_up: part of this stage's API)
 
@@ -47,7 +57,6 @@ DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvide
 PROFILE_WARMUP_RUNS = 5  # profiled runs left out of the operator summary (first-run allocations)
 COLD_START_RUNS = 10  # runs after the first one in the cold-start worker, so the memory peak includes steady state
 MAX_SAVED_SAMPLES = 2000  # raw latencies kept in the JSON (every k-th run, in time order) for plots and re-analysis
-WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "compress" / "worker.py"
 
 
 @dataclass
@@ -80,6 +89,8 @@ class BenchmarkConfig:
     profile_runs: int = 20  # runs the profiler summary covers
     profile_top: int = 10  # operators (and nodes) listed
     plot: bool = False  # write latency_distribution.png and pareto.png
+    interleave: bool = True  # time several models' latency in alternating rounds in one process (fair ratios)
+    rounds: int = 10  # interleaved rounds; min_runs and min_seconds are split over them
 
     def __post_init__(self) -> None:
         resolve_provider(self.provider)  # unknown or missing providers fail at config time
@@ -89,7 +100,7 @@ class BenchmarkConfig:
                               ("warmup", WARMUP_MODES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"benchmark.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        for name in ("min_runs", "throughput_batch", "steady_window", "profile_runs", "profile_top", "int_high"):
+        for name in ("min_runs", "throughput_batch", "steady_window", "profile_runs", "profile_top", "int_high", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"benchmark.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("threads", "inter_op_threads", "warmup_runs", "min_seconds", "warmup_max_seconds"):
@@ -124,7 +135,7 @@ class BenchmarkConfig:
         return parse_key_values(self.provider_options, "benchmark.provider_options item")
 
 
-def run(cfg: BenchmarkConfig, model_paths: dict[str, Path], data: Dataset | None, out_dir: Path,
+def run(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset | None, out_dir: Path,
         command: str | None = None) -> StageResult:
     """Benchmark every model; writes benchmark.json (schema ``SCHEMA_VERSION``), benchmark.md, the profiler
     traces under profiles/ and, with ``cfg.plot``, the PNGs. Metrics are the results without raw samples."""
@@ -134,13 +145,15 @@ def run(cfg: BenchmarkConfig, model_paths: dict[str, Path], data: Dataset | None
     out_dir.mkdir(parents=True, exist_ok=True)
     phases = _phases(cfg, data)
     results = {}
-    with tqdm(total=len(model_paths) * len(phases), desc="benchmark", unit="step", disable=None) as bar:
-        for name, path in model_paths.items():
+    interleaved = interleaved_latency(inputs, data, cfg) if cfg.interleave and len(inputs) > 1 else {}
+    with tqdm(total=len(inputs) * len(phases), desc="benchmark", unit="step", disable=None) as bar:
+        for name, path in inputs.items():
             def done(phase: str, name: str = name) -> None:
                 bar.set_postfix_str(f"{name}: {phase}", refresh=False)
                 bar.update(1)
 
-            results[name] = benchmark_model(Path(path), data, cfg, out_dir=out_dir, name=name, progress=done)
+            results[name] = benchmark_model(Path(path), data, cfg, out_dir=out_dir, name=name, progress=done,
+                                            latency=interleaved.get(name))
     outputs = {"benchmark_json": out_dir / "benchmark.json", "benchmark_md": out_dir / "benchmark.md"}
     plots = write_plots(results, out_dir, cfg) if cfg.plot else {}
     outputs.update(plots)
@@ -149,28 +162,39 @@ def run(cfg: BenchmarkConfig, model_paths: dict[str, Path], data: Dataset | None
         "command": command, "environment": environment(), "config": asdict(cfg),
         "dataset": None if data is None else {"name": data.name, "split": "test", "samples": len(data.test)},
         "plots": {key: path.name for key, path in plots.items()}, "results": results,
+        "latency_ratios": latency_ratios(interleaved),
     }
     write_json(outputs["benchmark_json"], document)
     write_text(outputs["benchmark_md"], benchmark_markdown(document))
     metrics = {name: {k: v for k, v in r.items() if k not in ("latencies_ms", "latencies_stride")}
                for name, r in results.items()}
+    if interleaved:
+        metrics["latency_ratios"] = document["latency_ratios"]
     return StageResult(outputs, metrics)
 
 
-def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_dir: Path | None = None,
-                    name: str | None = None, progress: Callable[[str], None] | None = None) -> dict:
-    """Every measurement of one model. Timing runs in a fresh worker process (compress/worker.py); this
-    process checks the inputs, reads the graph's statistics, profiles and scores accuracy."""
-    path, name = Path(path), name or Path(path).stem
-    progress = progress or (lambda phase: None)
-    provider = resolve_provider(cfg.provider)
-    dims = cfg.dim_values()
-    model = load_onnx(path)
+def interleaved_latency(model_paths: dict[str, Path], data: Dataset | None, cfg: BenchmarkConfig) -> dict:
+    """Batch-1 (latency batch) timings of every model in alternating rounds in one worker process."""
+    feeds = {name: _prepared(Path(path), data, cfg)[3] for name, path in model_paths.items()}
+    timed = time_interleaved({name: Path(path) for name, path in model_paths.items()}, feeds, target_of(cfg),
+                             TimingRules.of(cfg), rounds=cfg.rounds, round_seconds=cfg.min_seconds / cfg.rounds,
+                             round_runs=-(-cfg.min_runs // cfg.rounds))
+    return timed
+
+
+def latency_ratios(interleaved: dict) -> dict:
+    """Each later model's p50 over each earlier one's, with its spread over the interleaved rounds."""
+    names = list(interleaved)
+    return {f"{later}/{earlier}": ratio_over_rounds(interleaved[later], interleaved[earlier])
+            for i, earlier in enumerate(names) for later in names[i + 1:]}
+
+
+def _prepared(path: Path, data: Dataset | None, cfg: BenchmarkConfig):
+    """A session on ``path``, its input specs, a feed builder and the latency feed, checked to run."""
     session = _session(path, cfg)
     specs = input_specs(session)
-    feed_for = _feed_source(session, specs, data, cfg, dims)
-    batch = _latency_batch(specs, dims)
-    feed = feed_for(batch)
+    feed_for = _feed_source(session, specs, data, cfg, cfg.dim_values())
+    feed = feed_for(_latency_batch(specs, cfg.dim_values()))
     try:
         session.run(None, feed)
     except Exception as exc:  # onnxruntime raises several exception types; all mean these inputs do not fit
@@ -178,6 +202,23 @@ def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_
                 "real inputs with --inputs" if data is None and not cfg.inputs else "check the inputs' shapes")
         raise CompressError(f"onnxruntime cannot run {path} on {_input_source(data, cfg)} "
                             f"({str(exc).strip().splitlines()[0][:300]}): {hint}") from exc
+    return session, specs, feed_for, feed
+
+
+def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_dir: Path | None = None,
+                    name: str | None = None, progress: Callable[[str], None] | None = None,
+                    latency: Timing | None = None) -> dict:
+    """Every measurement of one model. Timing runs in a fresh worker process (compress/worker.py); this
+    process checks the inputs, reads the graph's statistics, profiles and scores accuracy. ``latency``:
+    this model's share of an interleaved measurement (see ``interleaved_latency``), used instead of
+    timing its latency again."""
+    path, name = Path(path), name or Path(path).stem
+    progress = progress or (lambda phase: None)
+    provider = resolve_provider(cfg.provider)
+    dims = cfg.dim_values()
+    model = load_onnx(path)
+    session, specs, feed_for, feed = _prepared(path, data, cfg)
+    batch = _latency_batch(specs, dims)
     result = {
         "path": str(path), "provider": provider, "provider_options": cfg.provider_option_values(),
         "threads": cfg.threads, "inter_op_threads": cfg.inter_op_threads, "size_bytes": path.stat().st_size,
@@ -189,8 +230,17 @@ def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_
     progress("load")
 
     feeds, jobs = timing_jobs(specs, feed_for, batch, feed, cfg)
-    timings = time_in_worker(path, cfg, feeds, jobs, progress)
-    latency = timings["latency"]
+    if latency is not None:
+        jobs = [job for job in jobs if job["name"] != "latency"]
+        progress("latency")
+    timings = time_model(path, cfg, feeds, jobs, progress) if jobs else {}
+    if not jobs:
+        progress("throughput")
+    if latency is None:
+        latency = timings["latency"]
+    else:
+        timings["latency"] = latency
+        result["latency_method"] = f"interleaved with the other models in {cfg.rounds} rounds in one process"
     stride = -(-len(latency.samples_ms) // MAX_SAVED_SAMPLES)
     result.update({"latency_batch": batch, **latency_summary(latency.samples_ms), "warmup_runs": latency.warmup_runs,
                    "steady": latency.steady, "latencies_stride": stride,
@@ -211,7 +261,7 @@ def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_
         result["profile"] = profile_operators(path, feed, cfg, out_dir, name)
         progress("profile")
     if cfg.cold_start:
-        result["cold_start"] = cold_start(path, feed, cfg)
+        result["cold_start"] = measure_cold_start(path, feed, cfg)
         progress("cold start")
     if data is not None:
         result.update(_accuracy(session, data, path))
@@ -302,48 +352,21 @@ def timing_jobs(specs: list[InputSpec], feed_for, latency_batch: int | None, fee
     return feeds, jobs
 
 
-def time_in_worker(path: Path, cfg: BenchmarkConfig, feeds: dict[str, dict], jobs: list[dict],
-                   progress: Callable[[str], None]) -> dict[str, Timing]:
+def time_model(path: Path, cfg: BenchmarkConfig, feeds: dict[str, dict], jobs: list[dict],
+               progress: Callable[[str], None]) -> dict[str, Timing]:
     """Run the timing jobs in one fresh worker process; report each phase as its last job finishes."""
-    rules = {key: getattr(cfg, key) for key in ("warmup", "warmup_runs", "steady_window", "steady_tolerance",
-                                                 "warmup_max_seconds", "min_runs", "min_seconds")}
     last_of_phase = {job["phase"]: job["name"] for job in jobs}
     ends_phase = {name: phase for phase, name in last_of_phase.items()}
-    timings = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, feed in feeds.items():
-            np.savez(Path(tmp) / f"feed_{label}.npz", *feed.values())
-        settings = {**_worker_settings(path, cfg), "input_names": list(feeds["latency"]), "dir": tmp, "rules": rules,
-                    "jobs": jobs}
-        with subprocess.Popen([sys.executable, str(WORKER_SCRIPT), "time", json.dumps(settings)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as worker:
-            for line in worker.stdout:
-                report = json.loads(line)
-                samples = np.load(Path(tmp) / f"samples_{report['name']}.npy")
-                timings[report["name"]] = Timing(samples, report["warmup_runs"], report["steady"])
-                if report["name"] in ends_phase:
-                    progress(ends_phase[report["name"]])
-            errors = worker.stderr.read()
-        if worker.returncode != 0 or len(timings) != len(jobs):
-            reason = (errors.strip().splitlines() or ["no output"])[-1]
-            raise CompressError(f"the timing worker failed on {path}: {reason}")
+    timings = time_jobs(path, target_of(cfg), TimingRules.of(cfg), feeds, jobs,
+                        lambda name: progress(ends_phase[name]) if name in ends_phase else None)
     if "throughput" not in last_of_phase:
         progress("throughput")  # measured by the latency job itself
     return timings
 
 
-def _worker_settings(path: Path, cfg: BenchmarkConfig) -> dict:
-    return {"model": str(Path(path).resolve()), "providers": provider_chain(cfg.provider, cfg.provider_option_values()),
-            "optimization": OPTIMIZATION_LEVELS[cfg.optimization],
-            "execution_mode": EXECUTION_MODES[cfg.execution_mode]}
-
-
-def latency_summary(latencies_ms: np.ndarray) -> dict:
-    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p95_ms": float(p95), "p99_ms": float(p99),
-            "mean_ms": float(latencies_ms.mean()), "std_ms": float(latencies_ms.std()),
-            "min_ms": float(latencies_ms.min()), "max_ms": float(latencies_ms.max()),
-            "runs": int(len(latencies_ms)), "duration_s": float(latencies_ms.sum() / 1e3)}
+def target_of(cfg: BenchmarkConfig) -> Target:
+    return Target(cfg.provider, tuple(cfg.provider_option_values().items()), cfg.optimization, cfg.execution_mode,
+                  cfg.threads, cfg.inter_op_threads)
 
 
 def _pick(summary: dict) -> dict:
@@ -455,19 +478,9 @@ def summarize_profile(events: list[dict], skip_runs: int, top: int) -> dict:
     }
 
 
-def cold_start(path: Path, feed: dict, cfg: BenchmarkConfig) -> dict:
+def measure_cold_start(path: Path, feed: dict, cfg: BenchmarkConfig) -> dict:
     """Session creation + first run and peak resident memory, in a fresh worker process per model."""
-    with tempfile.TemporaryDirectory() as tmp:
-        feed_path = Path(tmp) / "feed.npz"
-        np.savez(feed_path, *feed.values())
-        settings = {**_worker_settings(path, cfg), "feed": str(feed_path), "input_names": list(feed),
-                    "intra_op": cfg.threads, "inter_op": cfg.inter_op_threads, "runs": COLD_START_RUNS}
-        done = subprocess.run([sys.executable, str(WORKER_SCRIPT), "cold_start", json.dumps(settings)],
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CompressError(f"the cold-start worker failed on {path}: {reason}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = cold_start(path, feed, target_of(cfg), COLD_START_RUNS)
     result["method"] = (f"fresh Python process importing only numpy and onnxruntime: session creation, first run, then "
                         f"{COLD_START_RUNS} more runs; memory is the process's peak resident set (VmHWM on Linux, else "
                         "ru_maxrss), model_rss_mb its growth after the imports (host memory only, the OS file cache is warm)")
@@ -527,6 +540,14 @@ def benchmark_markdown(document: dict) -> str:
         "p90 is the single-stream figure (MLPerf); latency is at each model's latency batch (1 unless set).\n",
         results_markdown(results),
     ]
+    ratios = document.get("latency_ratios") or {}
+    if ratios:
+        parts += [f"\n## Latency ratios (interleaved: {cfg['rounds']} rounds in one process)\n",
+                  "Each ratio is the median over rounds of one model's round p50 over the other's, both timed in the "
+                  "same round; the spread is (max - min) / median of the per-round ratios.\n", markdown_table(
+                      ["ratio", "median", "min", "max", "spread"],
+                      [[pair, f"{r['ratio']:.3f}", f"{r['min']:.3f}", f"{r['max']:.3f}", f"{100 * r['spread']:.1f}%"]
+                       for pair, r in ratios.items()])]
     if any(r.get("steady") is False for r in results.values()):
         parts.append("\nNot steady after warm-up (latency still drifting): "
                      + ", ".join(n for n, r in results.items() if r.get("steady") is False) + ".\n")

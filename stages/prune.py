@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import gzip
 import tempfile
 import time
@@ -22,19 +21,34 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from compress.checkpoint import load_model, save_model
 from compress.data import Dataset, batches
+from compress.distillation import distill, distillation_loss
 from compress.errors import CompressError
 from compress.fsutil import write_json, write_text
+from compress.latency import Target, TimingRules, latency_summary, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import model_stats
-from compress.onnxutil import make_session, resolve_provider
-from compress.pruning import (IMPORTANCES, MAX_LAYER_RATIO, NEEDS_GRADIENTS, GroupRecord, channel_table,
-                              classifier_layer, find_breaking_group, first_layer, magnitude_prune, make_permanent,
-                              permanent_copy, prune_copy, removed_channel_fraction, weight_sparsity)
+from compress.onnx_export import ExportConfig, export_model
+from compress.onnxutil import resolve_provider
+from compress.pruning import (
+    IMPORTANCES,
+    MAX_LAYER_RATIO,
+    NEEDS_GRADIENTS,
+    GroupRecord,
+    channel_table,
+    classifier_layer,
+    find_breaking_group,
+    first_layer,
+    magnitude_prune,
+    make_permanent,
+    permanent_copy,
+    prune_copy,
+    removed_channel_fraction,
+    weight_sparsity,
+)
 from compress.report import prune_markdown
 from compress.train import TrainConfig, evaluate, seed_everything
-from compress.zoo import load_model, save_model
-from stages.distill import DistillConfig, distill, distillation_loss
 
 TARGETS = ("channels", "macs", "params", "latency", "sparsity")
 LATENCY_REFERENCES = ("model", "teacher")
@@ -71,10 +85,9 @@ class PruneConfig:
     verify_samples: int = 64  # real test samples of the ONNX parity check after every pruning step
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on training batches after each pruning step
     temperature: float = 4.0  # distillation temperature of the fine-tune
-    # soft-target weight of the fine-tune; lower than distill's 0.9 because the teacher here is often the model
-    # being pruned, or one barely more accurate, and a heavier soft term holds the pruned model to its outputs
-    # (README, Pruning benchmark)
-    alpha: float = 0.5
+    # Lower than distill's 0.9 because the teacher here is often the model being pruned, or one barely more
+    # accurate, and a heavier soft term holds the pruned model to its outputs (docs/pruning.md, benchmark).
+    alpha: float = 0.5  # soft-target weight of the fine-tune (1 - alpha weighs the hard labels)
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))  # per round
 
     def __post_init__(self) -> None:
@@ -101,7 +114,9 @@ class PruneConfig:
         resolve_provider(self.provider)  # a missing provider fails at config time, naming what to install
 
 
-def run(cfg: PruneConfig, model_path: Path, teacher_path: Path, data: Dataset, out_dir: Path) -> StageResult:
+def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path) -> StageResult:
+    """Prune ``inputs['student']`` and fine-tune it from ``inputs['teacher']`` into ``out_dir/pruned.safetensors``."""
+    model_path, teacher_path = inputs["student"], inputs["teacher"]
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.finetune.seed)
     model = load_model(model_path)
@@ -120,10 +135,10 @@ def run(cfg: PruneConfig, model_path: Path, teacher_path: Path, data: Dataset, o
             model, metrics = prune_unstructured(model, teacher, data, cfg, protected, before, work)
         else:
             model, metrics = prune_structured(model, teacher, data, cfg, protected, before, work)
-    save_model(model, out_dir / "pruned.pt")
+    save_model(model, out_dir / "pruned.safetensors")
     write_json(out_dir / "prune.json", metrics)
     write_text(out_dir / "prune.md", prune_markdown(metrics, "# Pruning report"))
-    return StageResult({"pruned": out_dir / "pruned.pt", "report": out_dir / "prune.md",
+    return StageResult({"pruned": out_dir / "pruned.safetensors", "report": out_dir / "prune.md",
                         "metrics": out_dir / "prune.json"}, metrics)
 
 
@@ -170,8 +185,8 @@ def prune_structured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: P
             steps, current_p50 = [step], step["p50_ms"]
         previous_goal = goal
         after_prune = {**snapshot(model, data), "p50_ms": current_p50, "prune_s": round(time.perf_counter() - started, 2)}
-        result = distill(model, teacher, data, DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha,
-                                                             train=cfg.finetune), desc=f"prune fine-tune {round_index}")
+        result = distill(model, teacher, data, cfg.finetune, cfg.temperature, cfg.alpha,
+                         desc=f"prune fine-tune {round_index}")
         check_runs(model, data)
         rounds.append({"round": round_index, "goal": goal, "steps": steps, "after_prune": after_prune,
                        "after_finetune": {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
@@ -426,8 +441,6 @@ def recalibrate_bn(model: nn.Module, data: Dataset, num_batches: int = 16, batch
 
 def verify(model: nn.Module, data: Dataset, onnx_path: Path, cfg: PruneConfig, what: str) -> dict:
     """Forward on a real batch, ONNX export and parity with PyTorch; raises CompressError saying which failed."""
-    from stages.export import ExportConfig, export_model
-
     try:
         check_runs(model, data)
     except CompressError:
@@ -476,16 +489,18 @@ def check_runs(model: nn.Module, data: Dataset) -> None:
 
 
 def measure_latency(onnx_path: Path, data: Dataset, cfg: PruneConfig) -> dict:
-    """p50/p90 latency at batch 1 of an ONNX file on the configured provider (a real test sample)."""
-    from stages.benchmark import BenchmarkConfig, latency_summary, measure
-
-    session = make_session(onnx_path, cfg.provider, cfg.latency_threads)
-    feed = {session.get_inputs()[0].name: data.test.x[:1]}
-    bench = BenchmarkConfig(provider=cfg.provider, threads=cfg.latency_threads, warmup="fixed", warmup_runs=20,
-                            min_runs=cfg.latency_runs, min_seconds=cfg.latency_seconds, cold_start=False, profile=False)
-    summary = latency_summary(measure(functools.partial(session.run, None, feed), bench).samples_ms)
+    """p50/p90 latency at batch 1 of an ONNX file on the configured provider (a real test sample), timed by
+    the shared harness in a fresh worker process."""
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+    feed = {input_name: np.ascontiguousarray(data.test.x[:1])}
+    rules = TimingRules(warmup="fixed", warmup_runs=20, min_runs=cfg.latency_runs, min_seconds=cfg.latency_seconds)
+    job = {"name": "latency", "feed": "latency", "intra_op": cfg.latency_threads, "inter_op": 1,
+           "min_runs": cfg.latency_runs}
+    timing = time_jobs(onnx_path, Target(cfg.provider, intra_op=cfg.latency_threads), rules, {"latency": feed},
+                       [job])["latency"]
+    summary = latency_summary(timing.samples_ms)
     return {"p50_ms": summary["p50_ms"], "p90_ms": summary["p90_ms"], "runs": summary["runs"],
-            "provider": session.get_providers()[0], "threads": cfg.latency_threads}
+            "provider": resolve_provider(cfg.provider), "threads": cfg.latency_threads}
 
 
 def latency_floor(data: Dataset, cfg: PruneConfig, work: Path) -> float:
@@ -525,8 +540,8 @@ def prune_unstructured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg:
         parity = verify(permanent, data, work / f"sparse-{round_index}.onnx", cfg, f"the model after sparsity round {round_index}")
         after_prune = {"val_accuracy": evaluate(model, data.val), **weight_sparsity(permanent, tuple(protected)), **info,
                        "parity": parity}
-        result = distill(model, teacher, data, DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha,
-                                                             train=cfg.finetune), desc=f"sparse fine-tune {round_index}")
+        result = distill(model, teacher, data, cfg.finetune, cfg.temperature, cfg.alpha,
+                         desc=f"sparse fine-tune {round_index}")
         rounds.append({"round": round_index, "goal": sparsity, "after_prune": after_prune,
                        "after_finetune": {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                                           "train_s": round(result.wall_s, 2), "history": result.history}})

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from compress import quant_analysis as qa
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path
+from compress.latency import Target, TimingRules, time_interleaved
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
 from compress.onnxutil import check_input, load_onnx, make_session, predict, resolve_provider
@@ -175,7 +175,9 @@ class CalibrationReader(CalibrationDataReader):
         return {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def run(cfg: QuantizeConfig, model_path: Path, data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
+def run(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
+    """Quantize ``inputs['model']`` into ``out_dir/<name>.onnx`` (with its per-layer report)."""
+    model_path = inputs["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.onnx"
     metrics = quantize(cfg, Path(model_path), data, output)
@@ -542,23 +544,14 @@ def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
 
 
 def measure_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
-    """p50 batch-1 latency (ms) of each model on ``cfg.provider``, timed in rounds that alternate between
-    the models so that a slow spell of the machine hits them all alike."""
-    sessions = {name: make_session(path, cfg.provider, cfg.threads) for name, path in paths.items()}
+    """p50 batch-1 latency (ms) of each model on ``cfg.provider``, timed by the shared harness in rounds that
+    alternate between the models in one worker process, so that a slow spell of the machine hits them all alike."""
     feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}
-    for session in sessions.values():
-        for _ in range(10):
-            session.run(None, feed)
     rounds = 6
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            while time.perf_counter() - started < cfg.measure_seconds / rounds:
-                begin = time.perf_counter()
-                session.run(None, feed)
-                times[name].append(time.perf_counter() - begin)
-    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+    timed = time_interleaved(paths, {name: feed for name in paths}, Target(cfg.provider, intra_op=cfg.threads),
+                             TimingRules(warmup="fixed", warmup_runs=10), rounds=rounds,
+                             round_seconds=cfg.measure_seconds / rounds, round_runs=1)
+    return {name: float(np.median(timing.samples_ms)) for name, timing in timed.items()}
 
 
 def _prepare_source(cfg: QuantizeConfig, model_path: Path, source: Path) -> onnx.ModelProto:

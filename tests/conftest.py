@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compress.checkpoint import save_model
 from compress.config import PipelineConfig
 from compress.data import DataConfig, load_dataset
+from compress.onnx_export import ExportConfig, export_model
 from compress.train import TrainConfig
-from compress.zoo import ModelSpec, save_model
-from stages.export import ExportConfig, export_model
+from compress.zoo import ModelSpec
 from stages.teacher import TeacherConfig, train_teacher
 
 torch.set_num_threads(2)
@@ -53,7 +54,7 @@ def cnn_teacher_path(tmp_path_factory, digits):
 @pytest.fixture(scope="session")
 def cnn_onnx_path(tmp_path_factory, cnn_teacher_path, digits):
     """The small ResNet-8 teacher exported to ONNX (fp32, dynamic batch, with metadata)."""
-    from compress.zoo import load_model
+    from compress.checkpoint import load_model
 
     path = tmp_path_factory.mktemp("cnn_onnx") / "model.onnx"
     export_model(load_model(cnn_teacher_path), path, digits, ExportConfig(), {"source": "test"})

@@ -66,7 +66,7 @@ def test_pipeline_baseline_is_in_the_report(cli_run):
     run_dir, _ = cli_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
     distill = manifest["stages"]["distill"]["metrics"]
-    assert (run_dir / "distill" / "student_baseline.pt").is_file() and (run_dir / "export" / "student_baseline.onnx").is_file()
+    assert (run_dir / "distill" / "student_baseline.safetensors").is_file() and (run_dir / "export" / "student_baseline.onnx").is_file()
     text = (run_dir / "report.md").read_text()
     base = distill["student_baseline"]
     assert (f"| without distillation (hard labels) | {100 * base['val_accuracy']:.2f}% | "
@@ -96,19 +96,19 @@ def test_per_stage_commands_chain_on_their_own_files(tmp_path):
                      "--set", "teacher.train.lr=0.003", "--out", tmp_path / "t")
     assert teacher.exit_code == 0, teacher.output
     assert _json_tail(teacher.stdout)["test_accuracy"] >= 0.8
-    student = invoke("distill", "--teacher", tmp_path / "t" / "teacher.pt", "--data", "digits",
+    student = invoke("distill", "--teacher", tmp_path / "t" / "teacher.safetensors", "--data", "digits",
                      "--set", "distill.student.arch=mlp", "--set", "distill.student.width=0.5",
                      "--set", "distill.train.epochs=2", "--set", "distill.train.optimizer=adamw",
                      "--set", "distill.train.lr=0.003", "--out", tmp_path / "s")
     assert student.exit_code == 0, student.output
     assert _json_tail(student.stdout)["student"]["test_accuracy"] >= 0.8
-    pruned = invoke("prune", tmp_path / "s" / "student.pt", "--teacher", tmp_path / "t" / "teacher.pt",
+    pruned = invoke("prune", tmp_path / "s" / "student.safetensors", "--teacher", tmp_path / "t" / "teacher.safetensors",
                     "--data", "digits", "--set", "prune.amount=0.3", "--set", "prune.round_to=1",
                     "--set", "prune.protect_first=false", "--set", "prune.finetune.epochs=1", "--out", tmp_path / "p")
     assert pruned.exit_code == 0, pruned.output
     metrics = _json_tail(pruned.stdout)
     assert 0.2 < metrics["params_reduction"] < 1 and metrics["test_accuracy"] >= 0.5
-    assert (tmp_path / "p" / "pruned.pt").is_file() and (tmp_path / "p" / "prune.md").is_file()
+    assert (tmp_path / "p" / "pruned.safetensors").is_file() and (tmp_path / "p" / "prune.md").is_file()
 
 
 @pytest.fixture(scope="module")

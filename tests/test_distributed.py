@@ -18,13 +18,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from compress.checkpoint import load_model
 from compress.cli import main
 from compress.data import DataConfig, load_dataset
+from compress.distillation import distill
 from compress.distributed import Context, epoch_indices, teardown, without_option
 from compress.errors import CompressError
 from compress.train import TrainConfig, checkpointing, evaluate, fit, seed_everything
-from compress.zoo import ModelSpec, build_model, load_model
-from stages.distill import DistillConfig, distill
+from compress.zoo import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def test_two_process_gloo_distillation_matches_single_process(tmp_path, mlp_teac
     two_metrics = json.loads(two.stdout[two.stdout.index("{"):])  # rank 0 alone prints the metrics ...
     one_metrics = json.loads(single.stdout[single.stdout.index("{"):])
     assert two.stdout.count('"init"') == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["student.pt"]  # ... and writes the artifact
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["manifest.json", "student.safetensors"]  # ... and writes the artifact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no staging or checkpoint folder left
     # Each process took half of every batch: the same optimisation as one process, up to BN-free float rounding.
     two_student, one_student = two_metrics["student"], one_metrics["student"]
@@ -82,7 +83,7 @@ def test_two_process_gloo_distillation_matches_single_process(tmp_path, mlp_teac
     for two_epoch, one_epoch in zip(two_student["history"], one_student["history"]):
         assert two_epoch["loss"] == pytest.approx(one_epoch["loss"], rel=0.1)
     # The validation accuracy summed over the two shards equals the saved student's accuracy on the whole split.
-    saved = load_model(tmp_path / "two" / "student.pt")
+    saved = load_model(tmp_path / "two" / "student.safetensors")
     assert evaluate(saved, digits.val) == pytest.approx(two_student["val_accuracy"], abs=1e-12)
     assert evaluate(saved, digits.test) == pytest.approx(two_student["test_accuracy"], abs=1e-12)
     assert two_student["test_accuracy"] > 0.85
@@ -100,9 +101,9 @@ def _ddp_worker(rank: int, store: str, out_dir: str) -> None:
         student = build_model(ModelSpec("resnet", 0.25, 8), data.input_shape, data.num_classes)
         teacher = build_model(ModelSpec("mlp", 0.5), data.input_shape, data.num_classes)
         torch.save(student.state_dict(), out / f"init{rank}.pt")
-        cfg = DistillConfig(mode="online", train=TrainConfig(epochs=2, batch_size=64, lr=0.05))
+        train = TrainConfig(epochs=2, batch_size=64, lr=0.05)
         with checkpointing(out / "checkpoints", key="ddp-test"):
-            result = distill(student, teacher, data, cfg)
+            result = distill(student, teacher, data, train, 4.0, 0.9, mode="online")
         torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "result": asdict(result)},
                    out / f"rank{rank}.pt")
 

@@ -10,12 +10,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from compress.checkpoint import load_model
 from compress.cli import main
 from compress.data import DataConfig, load_dataset
 from compress.errors import CompressError
 from compress.onnxutil import load_onnx, resolve_provider
 from compress.train import TrainConfig
-from compress.zoo import ModelSpec, load_model
+from compress.zoo import ModelSpec
 from stages.teacher import TeacherConfig, train_teacher
 
 
@@ -92,7 +93,7 @@ def test_nan_loss_in_a_later_stage_keeps_the_finished_stages_only(quick_toml, tm
     _fails(["pipeline", "--config", quick_toml, "--out", run_dir, "--set", "teacher.train.epochs=2",
             "--set", "distill.train.lr=1e30"], "distill: loss became")
     assert sorted(p.name for p in run_dir.iterdir()) == ["manifest.json", "teacher"]  # no distill/ nor a staging folder
-    assert (run_dir / "teacher" / "teacher.pt").is_file()
+    assert (run_dir / "teacher" / "teacher.safetensors").is_file()
 
 
 def test_nan_loss_in_the_teacher_command(tmp_path):

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from compress import fsutil
+from compress.checkpoint import save_model
 from compress.cli import main
 from compress.data import DataConfig, load_dataset
 from compress.errors import CompressError
 from compress.train import TrainConfig, fit
-from compress.zoo import MLP, save_model
+from compress.zoo import MLP
 
 
 def tiny_mlp() -> torch.nn.Module:

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
+from compress.checkpoint import load_model
 from compress.config import PipelineConfig
 from compress.errors import CompressError
 from compress.pipeline import STAGES, run_pipeline
-from compress.zoo import load_model
 
 
 @pytest.fixture
@@ -51,13 +51,13 @@ def test_changing_prune_amount_reruns_prune_and_later_stages_only(run_copy, quic
     assert statuses == {"teacher": "reused", "distill": "reused", "prune": "done", "export": "done",
                         "quantize": "done", "benchmark": "done"}
     after = _stage_files(run_copy)
-    for path in ("teacher/teacher.pt", "distill/student.pt"):
+    for path in ("teacher/teacher.safetensors", "distill/student.safetensors"):
         assert after[path] == before[path]
-    assert after["prune/pruned.pt"] != before["prune/pruned.pt"]
+    assert after["prune/pruned.safetensors"] != before["prune/pruned.safetensors"]
     assert manifest["stages"]["prune"]["outputs"]["pruned"]["sha256"] != old["stages"]["prune"]["outputs"]["pruned"]["sha256"]
     assert manifest["config"]["prune"]["amount"] == 0.6
     assert manifest["results"]["pruned"]["params"] < old["results"]["pruned"]["params"]
-    pruned = load_model(run_copy / "prune" / "pruned.pt")
+    pruned = load_model(run_copy / "prune" / "pruned.safetensors")
     assert sum(p.numel() for p in pruned.parameters()) == manifest["results"]["pruned"]["params"]
 
 
@@ -82,7 +82,7 @@ def test_force_reruns_every_stage(run_copy):
     manifest = run_pipeline(PipelineConfig.quick(), run_copy, force=True)
     assert all(stage["status"] == "done" for stage in manifest["stages"].values())
     after = _stage_files(run_copy)
-    assert all(after[path] != before[path] for path in ("teacher/teacher.pt", "export/teacher.onnx", "quantize/int8.onnx"))
+    assert all(after[path] != before[path] for path in ("teacher/teacher.safetensors", "export/teacher.onnx", "quantize/int8.onnx"))
     assert manifest["status"] == "complete"
 
 

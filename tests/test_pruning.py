@@ -11,8 +11,17 @@ from torch import nn
 
 from compress.errors import CompressError
 from compress.metrics import model_stats
-from compress.pruning import (NormScaleImportance, channel_table, find_breaking_group, magnitude_prune, make_permanent,
-                              permanent_copy, prune_copy, shrink_to_match, weight_sparsity)
+from compress.pruning import (
+    NormScaleImportance,
+    channel_table,
+    find_breaking_group,
+    magnitude_prune,
+    make_permanent,
+    permanent_copy,
+    prune_copy,
+    shrink_to_match,
+    weight_sparsity,
+)
 from compress.zoo import ModelSpec, build_model
 
 SHAPE = (1, 8, 8)

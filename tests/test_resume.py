@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from compress import distributed
+from compress.checkpoint import load_model
 from compress.cli import main
 from compress.config import load_config
 from compress.fsutil import run_lock, sha256
 from compress.onnxutil import make_session, predict
 from compress.pipeline import run_pipeline
 from compress.train import TrainConfig, fit, seed_everything
-from compress.zoo import ModelSpec, build_model, load_model
+from compress.zoo import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,7 +123,7 @@ def test_cli_resume_continues_a_killed_training(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # checkpoints go once the command succeeds
     reference = runner.invoke(main, [*TEACHER_ARGS, "--out", str(tmp_path / "reference")])
     assert reference.exit_code == 0
-    assert _same_weights(load_model(out / "teacher.pt"), load_model(tmp_path / "reference" / "teacher.pt"))
+    assert _same_weights(load_model(out / "teacher.safetensors"), load_model(tmp_path / "reference" / "teacher.safetensors"))
 
 
 def test_lock_refuses_a_second_process_and_outlives_a_killed_one(tmp_path):

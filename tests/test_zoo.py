@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from compress.checkpoint import load_model, save_model
 from compress.errors import CompressError
-from compress.zoo import ARCHITECTURES, Attention, ModelSpec, build_model, load_model, save_model
-from stages.export import ExportConfig, export_model
+from compress.onnx_export import ExportConfig, export_model
+from compress.zoo import ARCHITECTURES, Attention, ModelSpec, build_model
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

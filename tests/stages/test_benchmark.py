@@ -14,8 +14,16 @@ from onnx import TensorProto, helper, numpy_helper
 from compress.cli import main
 from compress.errors import CompressError
 from compress.onnxutil import make_session
-from stages.benchmark import (SCHEMA_VERSION, BenchmarkConfig, benchmark_model, measure_transfer, pareto_front, run,
-                              summarize_profile, warm_up)
+from stages.benchmark import (
+    SCHEMA_VERSION,
+    BenchmarkConfig,
+    benchmark_model,
+    measure_transfer,
+    pareto_front,
+    run,
+    summarize_profile,
+    warm_up,
+)
 
 FAST = ["--min-runs", "20", "--min-seconds", "0", "--warmup", "fixed", "--warmup-runs", "2", "--no-cold-start",
         "--no-profile"]
@@ -190,7 +198,7 @@ def test_profile_lists_operators(classifier_path):
 
 def test_summarize_profile_skips_warmup_runs():
     events = []
-    for run_index, (start, dur) in enumerate([(0, 100), (200, 10), (300, 10)]):
+    for start, dur in [(0, 100), (200, 10), (300, 10)]:
         events.append({"cat": "Session", "name": "model_run", "ts": start, "dur": dur + 2})
         events.append({"cat": "Node", "name": "conv_kernel_time", "ts": start + 1, "dur": dur,
                        "args": {"op_name": "Conv", "provider": "CPUExecutionProvider"}})

@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compress.checkpoint import load_model
+from compress.distillation import FeatureHint, distill, distillation_loss, init_student
 from compress.errors import CompressError
 from compress.fsutil import sha256
 from compress.train import TrainConfig, evaluate
-from compress.zoo import MLP, ModelSpec, ResNet, build_model, load_model
-from stages.distill import DistillConfig, FeatureHint, distill, distillation_loss, init_student, run
+from compress.zoo import MLP, ModelSpec, ResNet, build_model
+from stages.distill import DistillConfig, run
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -93,7 +95,7 @@ def _mlp_cfg(**kwargs) -> DistillConfig:
 
 def test_offline_distillation_trains_a_smaller_student_and_leaves_the_teacher(tmp_path, digits, mlp_teacher_path):
     teacher_hash = sha256(mlp_teacher_path)
-    result = run(_mlp_cfg(), mlp_teacher_path, digits, tmp_path)
+    result = run(_mlp_cfg(), {"teacher": mlp_teacher_path}, digits, tmp_path)
     assert set(result.outputs) == {"student"}
     student = load_model(result.outputs["student"])
     assert isinstance(student, MLP) and student.features[1].out_features == 64 and student.features[3].out_features == 32
@@ -110,14 +112,14 @@ def test_offline_teacher_is_frozen(digits, mlp_teacher_path):
     teacher = load_model(mlp_teacher_path)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = build_model(ModelSpec("mlp", 0.5), digits.input_shape, digits.num_classes)
-    distill(student, teacher, digits, DistillConfig(train=TrainConfig(epochs=1, optimizer="adamw", lr=0.003)))
+    distill(student, teacher, digits, TrainConfig(epochs=1, optimizer="adamw", lr=0.003), 4.0, 0.9)
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not teacher.training
 
 
 def test_online_distillation_trains_the_teacher_too(tmp_path, digits, mlp_teacher_path):
-    result = run(_mlp_cfg(mode="online"), mlp_teacher_path, digits, tmp_path)
+    result = run(_mlp_cfg(mode="online"), {"teacher": mlp_teacher_path}, digits, tmp_path)
     assert set(result.outputs) == {"student", "teacher_online"}
     original, online = load_model(mlp_teacher_path), load_model(result.outputs["teacher_online"])
     changed = [k for k, v in original.state_dict().items() if not torch.equal(v, online.state_dict()[k])]
@@ -127,7 +129,7 @@ def test_online_distillation_trains_the_teacher_too(tmp_path, digits, mlp_teache
 
 
 def test_baseline_trains_the_same_student_without_distillation(tmp_path, digits, mlp_teacher_path):
-    result = run(_mlp_cfg(baseline=True), mlp_teacher_path, digits, tmp_path)
+    result = run(_mlp_cfg(baseline=True), {"teacher": mlp_teacher_path}, digits, tmp_path)
     assert set(result.outputs) == {"student", "student_baseline"}
     student, baseline = load_model(result.outputs["student"]), load_model(result.outputs["student_baseline"])
     shapes = {k: v.shape for k, v in student.state_dict().items()}
@@ -161,8 +163,8 @@ def test_distillation_with_a_hint_trains_and_differs_from_without(digits, cnn_te
     for hint in ("", "stages.1:stages.1"):
         torch.manual_seed(0)
         student = build_model(ModelSpec("resnet", 0.25, 8), digits.input_shape, digits.num_classes)
-        cfg = DistillConfig(student=ModelSpec("resnet", 0.25, 8), hint=hint, hint_weight=5.0, train=one_epoch)
-        result = distill(student, load_model(cnn_teacher_path), digits, cfg)
+        result = distill(student, load_model(cnn_teacher_path), digits, one_epoch, 4.0, 0.9, hint_spec=hint,
+                         hint_weight=5.0)
         assert result.best_val_accuracy >= 0.5
         assert all(not m._forward_hooks for m in student.modules())  # hooks removed after training
         students[hint] = student
@@ -256,4 +258,4 @@ def test_init_falls_back_to_random_for_another_architecture(digits, mlp_teacher_
 
 def test_init_disabled_is_recorded(tmp_path, digits, mlp_teacher_path):
     cfg = DistillConfig(student=ModelSpec("mlp", 0.5), init_from_teacher=False, train=TrainConfig(epochs=1))
-    assert run(cfg, mlp_teacher_path, digits, tmp_path).metrics["init"] == "random init (disabled)"
+    assert run(cfg, {"teacher": mlp_teacher_path}, digits, tmp_path).metrics["init"] == "random init (disabled)"

@@ -10,12 +10,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from compress.checkpoint import load_model, save_model
 from compress.errors import CompressError
 from compress.metrics import model_stats
 from compress.onnxutil import make_session, predict
 from compress.pruning import channel_table
 from compress.train import TrainConfig
-from compress.zoo import ARCHITECTURES, ModelSpec, build_model, load_model, save_model
+from compress.zoo import ARCHITECTURES, ModelSpec, build_model
 from stages.prune import PruneConfig, protected_layers, prune_step, run
 
 FAST = {"latency_runs": 20, "latency_seconds": 0.0, "verify_samples": 32}  # tests check behaviour, not timings
@@ -61,7 +62,7 @@ def test_global_allocation_reaches_a_macs_target(arch, digits, tmp_path):
 
 def test_default_macs_target_prunes_finetunes_and_reports(cnn_teacher_path, digits, tmp_path):
     cfg = PruneConfig(amount=0.5, finetune=TrainConfig(epochs=2, lr=0.02), **FAST)
-    result = run(cfg, cnn_teacher_path, cnn_teacher_path, digits, tmp_path / "out")
+    result = run(cfg, {"student": cnn_teacher_path, "teacher": cnn_teacher_path}, digits, tmp_path / "out")
     m = result.metrics
     assert m["target"]["met"] and m["target"]["reached"] <= 0.5 * m["before"]["macs"]
     assert 0.5 <= m["macs_reduction"] < 0.75 and m["params_reduction"] > 0.3
@@ -85,7 +86,7 @@ def test_rounds_prune_step_by_step_to_a_parameter_count_with_taylor(mlp_teacher_
     teacher_params = model_stats(load_model(mlp_teacher_path), digits.input_shape)["params"]
     cfg = PruneConfig(target="params", max_params=teacher_params // 3, rounds=2, importance="taylor", round_to=1,
                       protect_first=False, finetune=TrainConfig(epochs=1, optimizer="adamw", lr=0.002), **FAST)
-    m = run(cfg, mlp_teacher_path, mlp_teacher_path, digits, tmp_path / "out").metrics
+    m = run(cfg, {"student": mlp_teacher_path, "teacher": mlp_teacher_path}, digits, tmp_path / "out").metrics
     first, second = m["rounds"]
     assert teacher_params > first["after_prune"]["params"] > second["after_prune"]["params"]
     assert second["after_prune"]["params"] <= teacher_params // 3
@@ -95,7 +96,7 @@ def test_rounds_prune_step_by_step_to_a_parameter_count_with_taylor(mlp_teacher_
 
 def test_auto_importance_keeps_the_most_accurate_criterion(cnn_teacher_path, digits, tmp_path):
     cfg = _no_finetune(importance="auto", amount=0.4)
-    m = run(cfg, cnn_teacher_path, cnn_teacher_path, digits, tmp_path / "out").metrics
+    m = run(cfg, {"student": cnn_teacher_path, "teacher": cnn_teacher_path}, digits, tmp_path / "out").metrics
     step = m["rounds"][0]["steps"][0]
     trials = step["auto_val_accuracy"]
     assert set(trials) == {f"{c} {a}" for c in ("l1", "l2", "bn_scale", "taylor") for a in ("uniform", "global")}
@@ -108,7 +109,7 @@ def test_latency_target_is_met_on_cpu_by_pruning_in_measured_steps(mnist, tmp_pa
     save_model(model, tmp_path / "model.pt")
     cfg = PruneConfig(target="latency", amount=0.3, step_fraction=0.2, latency_runs=100, verify_samples=32,
                       finetune=TrainConfig(epochs=0))
-    m = run(cfg, tmp_path / "model.pt", tmp_path / "model.pt", mnist, tmp_path / "out").metrics
+    m = run(cfg, {"student": tmp_path / "model.pt", "teacher": tmp_path / "model.pt"}, mnist, tmp_path / "out").metrics
     target = m["target"]
     assert target["met"] and target["reached"] <= target["goal"] == pytest.approx(0.7 * target["start"])
     assert target["provider"] == "CPUExecutionProvider" and 0 < target["floor_p50_ms"] < target["goal"]
@@ -121,15 +122,15 @@ def test_latency_target_below_the_runtime_floor_says_why(cnn_teacher_path, digit
     cfg = _no_finetune(target="latency", max_latency_ms=1e-6)
     with pytest.raises(CompressError, match="cannot reach a p50 of 0.0000 ms on CPUExecutionProvider: onnxruntime's "
                                             "own per-call overhead is"):
-        run(cfg, cnn_teacher_path, cnn_teacher_path, digits, tmp_path / "out")
-    assert not (tmp_path / "out" / "pruned.pt").exists()
+        run(cfg, {"student": cnn_teacher_path, "teacher": cnn_teacher_path}, digits, tmp_path / "out")
+    assert not (tmp_path / "out" / "pruned.safetensors").exists()
 
 
 def test_unreachable_macs_target_names_the_limit(mlp_teacher_path, digits, tmp_path):
     cfg = _no_finetune(amount=0.9, protected=["features.1"], round_to=1)
     with pytest.raises(CompressError, match=r"cannot bring the model down to .* macs: at most .* fewer macs .*"
                                             r"\(protected: classifier, features.1\)"):
-        run(cfg, mlp_teacher_path, mlp_teacher_path, digits, tmp_path / "out")
+        run(cfg, {"student": mlp_teacher_path, "teacher": mlp_teacher_path}, digits, tmp_path / "out")
 
 
 class HardCodedView(nn.Module):
@@ -151,17 +152,17 @@ def test_a_step_that_would_break_the_model_is_refused_naming_the_layer(digits, t
     cfg = _no_finetune(target="channels", amount=0.5, round_to=1)
     with pytest.raises(CompressError, match=r"pruning round 1 refused: removing 8 output channel\(s\) of layer 'conv2' "
                                             r"\(with head\) breaks the model: .*add 'conv2' to prune.protected"):
-        run(cfg, tmp_path / "model.pt", tmp_path / "model.pt", digits, tmp_path / "out")
-    assert not (tmp_path / "out" / "pruned.pt").exists()
+        run(cfg, {"student": tmp_path / "model.pt", "teacher": tmp_path / "model.pt"}, digits, tmp_path / "out")
+    assert not (tmp_path / "out" / "pruned.safetensors").exists()
     cfg = _no_finetune(target="channels", amount=0.5, round_to=1, protected=["conv2"])
     with pytest.raises(CompressError, match="nothing to prune at round 1"):
-        run(cfg, tmp_path / "model.pt", tmp_path / "model.pt", digits, tmp_path / "out")
+        run(cfg, {"student": tmp_path / "model.pt", "teacher": tmp_path / "model.pt"}, digits, tmp_path / "out")
 
 
 def test_unstructured_sparsity_shrinks_the_compressed_file_not_the_latency(mlp_teacher_path, digits, tmp_path):
     cfg = PruneConfig(target="sparsity", amount=0.8, rounds=2, protect_first=False,
                       finetune=TrainConfig(epochs=1, optimizer="adamw", lr=0.002), **FAST)
-    result = run(cfg, mlp_teacher_path, mlp_teacher_path, digits, tmp_path / "out")
+    result = run(cfg, {"student": mlp_teacher_path, "teacher": mlp_teacher_path}, digits, tmp_path / "out")
     m = result.metrics
     assert m["sparsity"] == pytest.approx(0.8, abs=0.002) and m["target"]["met"]
     assert [r["after_prune"]["sparsity"] for r in m["rounds"]] == pytest.approx([0.4, 0.8], abs=0.002)

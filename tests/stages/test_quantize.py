@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compress import quant_analysis as qa
+from compress.checkpoint import load_model
 from compress.errors import CompressError
-from compress.zoo import load_model
-from stages.export import ExportConfig, export_model
+from compress.onnx_export import ExportConfig, export_model
 from stages.quantize import CANDIDATES, QuantizeConfig, quantize, run
 
 # Tiny-model settings: few calibration samples, short timings, no report unless a test wants one.
@@ -146,7 +146,7 @@ def qa_metadata(model: onnx.ModelProto) -> dict:
 
 def test_int8_accuracy_close_to_fp32_with_the_pipeline_defaults(cnn_onnx_path, digits, tmp_path):
     """Issue 3's requirement, with the default config (auto mode, accuracy-aware, per-layer report)."""
-    result = run(QuantizeConfig(calibration_samples=64, measure_seconds=0.05), cnn_onnx_path, digits, tmp_path)
+    result = run(QuantizeConfig(calibration_samples=64, measure_seconds=0.05), {"model": cnn_onnx_path}, digits, tmp_path)
     metrics = result.metrics
     assert result.outputs["int8"].is_file() and metrics["within_budget"]
     assert metrics["val_drop_points"] <= 0.5
@@ -200,7 +200,7 @@ def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32_and_meets_its_budget(s
                      tmp_path / "plain.onnx")
     assert plain["val_drop_points"] > 50 and not plain["within_budget"]  # int8 ruins it
 
-    result = run(QuantizeConfig(mode="static", max_accuracy_drop=1.0, calibration_samples=64), sensitive_onnx_path,
+    result = run(QuantizeConfig(mode="static", max_accuracy_drop=1.0, calibration_samples=64), {"model": sensitive_onnx_path},
                  digits, tmp_path / "aware")
     metrics = result.metrics
     assert metrics["within_budget"] and metrics["val_drop_points"] <= 1.0
@@ -237,7 +237,7 @@ def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensit
 
 
 def test_layer_report_rows_cover_the_quantized_layers(cnn_onnx_path, digits, tmp_path):
-    result = run(QuantizeConfig(mode="static", calibration_samples=64), cnn_onnx_path, digits, tmp_path)
+    result = run(QuantizeConfig(mode="static", calibration_samples=64), {"model": cnn_onnx_path}, digits, tmp_path)
     lines = [line for line in result.outputs["int8_layers"].read_text().splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     for column in ("input tensor", "scale", "zero point", "output SQNR dB", "share of drop"):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compress.checkpoint import load_model, save_model
 from compress.data import DataConfig
 from compress.errors import CompressError
 from compress.train import TrainConfig, evaluate
-from compress.zoo import MLP, ModelSpec, ResNet, load_model, save_model
+from compress.zoo import MLP, ModelSpec, ResNet
 from stages.teacher import TeacherConfig, load_pretrained, pretrained_matches, pretrained_path, run
 
 DIGITS = DataConfig(source="digits")
@@ -22,8 +23,8 @@ def digits_mlp() -> torch.nn.Module:
 
 def test_train_a_teacher(tmp_path, digits):
     cfg = TeacherConfig(source="train", model=ModelSpec("mlp", 0.5), train=FAST)
-    result = run(cfg, DIGITS, digits, tmp_path)
-    assert result.outputs == {"teacher": tmp_path / "teacher.pt"}
+    result = run(cfg, {}, digits, tmp_path)
+    assert result.outputs == {"teacher": tmp_path / "teacher.safetensors"}
     model = load_model(result.outputs["teacher"])
     assert isinstance(model, MLP)
     m = result.metrics
@@ -34,19 +35,19 @@ def test_train_a_teacher(tmp_path, digits):
 
 def test_training_is_deterministic_for_a_seed(tmp_path, digits):
     cfg = TeacherConfig(source="train", model=ModelSpec("mlp", 0.25), train=TrainConfig(epochs=1, optimizer="adamw", lr=0.003))
-    first = load_model(run(cfg, DIGITS, digits, tmp_path / "a").outputs["teacher"]).state_dict()
-    second = load_model(run(cfg, DIGITS, digits, tmp_path / "b").outputs["teacher"]).state_dict()
+    first = load_model(run(cfg, {}, digits, tmp_path / "a").outputs["teacher"]).state_dict()
+    second = load_model(run(cfg, {}, digits, tmp_path / "b").outputs["teacher"]).state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.items())
 
 
 def test_auto_trains_when_no_packaged_weights_fit(tmp_path, digits):
     cfg = TeacherConfig(source="auto", model=ModelSpec("mlp", 0.25), train=TrainConfig(epochs=1))
     assert not pretrained_path(cfg.model, DIGITS).exists()
-    assert run(cfg, DIGITS, digits, tmp_path).metrics["source"] == "train"
+    assert run(cfg, {}, digits, tmp_path).metrics["source"] == "train"
 
 
 def test_teacher_from_a_compress_checkpoint(tmp_path, digits, mlp_teacher_path):
-    result = run(TeacherConfig(source="file", path=str(mlp_teacher_path)), DIGITS, digits, tmp_path)
+    result = run(TeacherConfig(source="file", path=str(mlp_teacher_path)), {}, digits, tmp_path)
     assert result.metrics["source"] == "file" and result.metrics["test_accuracy"] >= 0.9
     copied, original = load_model(result.outputs["teacher"]), load_model(mlp_teacher_path)
     assert all(torch.equal(v, copied.state_dict()[k]) for k, v in original.state_dict().items())
@@ -57,7 +58,7 @@ def test_teacher_from_torchscript(tmp_path, digits, mlp_teacher_path):
     scripted = torch.jit.script(load_model(mlp_teacher_path))
     path = tmp_path / "teacher.ts.pt"
     torch.jit.save(scripted, str(path))
-    result = run(TeacherConfig(source="file", path=str(path)), DIGITS, digits, tmp_path / "out")
+    result = run(TeacherConfig(source="file", path=str(path)), {}, digits, tmp_path / "out")
     loaded = load_model(result.outputs["teacher"])
     assert isinstance(loaded, torch.jit.ScriptModule)
     assert result.metrics["test_accuracy"] == pytest.approx(evaluate(load_model(mlp_teacher_path), digits.test))
@@ -70,7 +71,7 @@ def test_teacher_from_a_factory_and_state_dict(tmp_path, digits):
     torch.manual_seed(1)
     torch.save(digits_mlp().state_dict(), weights)
     cfg = TeacherConfig(source="file", path=str(weights), factory="tests.stages.test_teacher:digits_mlp")
-    result = run(cfg, DIGITS, digits, tmp_path / "out")
+    result = run(cfg, {}, digits, tmp_path / "out")
     loaded = load_model(result.outputs["teacher"])
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in torch.load(weights).items())
 
@@ -80,9 +81,9 @@ def test_factory_with_a_state_dict_of_another_model(tmp_path, digits):
     torch.save(MLP(64, 10, width=1.0).state_dict(), weights)
     cfg = TeacherConfig(source="file", path=str(weights), factory="tests.stages.test_teacher:digits_mlp")
     with pytest.raises(CompressError, match="does not match the model from tests.stages.test_teacher:digits_mlp"):
-        run(cfg, DIGITS, digits, tmp_path / "out")
+        run(cfg, {}, digits, tmp_path / "out")
     with pytest.raises(CompressError, match="cannot import teacher factory"):
-        run(TeacherConfig(source="file", path=str(weights), factory="tests.nowhere:build"), DIGITS, digits, tmp_path / "o")
+        run(TeacherConfig(source="file", path=str(weights), factory="tests.nowhere:build"), {}, digits, tmp_path / "o")
 
 
 @pytest.mark.parametrize("model,message", [
@@ -93,8 +94,8 @@ def test_teacher_file_that_does_not_fit_the_data(tmp_path, digits, model, messag
     path = tmp_path / "teacher.pt"
     save_model(model, path)
     with pytest.raises(CompressError, match=message):
-        run(TeacherConfig(source="file", path=str(path)), DIGITS, digits, tmp_path / "out")
-    assert not (tmp_path / "out" / "teacher.pt").exists()
+        run(TeacherConfig(source="file", path=str(path)), {}, digits, tmp_path / "out")
+    assert not (tmp_path / "out" / "teacher.safetensors").exists()
 
 
 def test_packaged_teacher_refuses_another_split(tmp_path, digits):
@@ -107,13 +108,13 @@ def test_packaged_teacher_refuses_another_split(tmp_path, digits):
     with pytest.raises(CompressError, match="packaged teacher was trained on split .* not this one: set teacher.source"):
         load_pretrained(spec, other_split, digits)
     with pytest.raises(CompressError, match="no packaged teacher for digits / resnet width 1"):
-        run(TeacherConfig(source="pretrained"), DIGITS, digits, tmp_path)
+        run(TeacherConfig(source="pretrained"), {}, digits, tmp_path)
 
 
 def test_packaged_default_teacher_on_mnist(tmp_path, mnist):
     """The default pipeline's teacher: packaged for the default split, at least 97% on its test split."""
     assert pretrained_matches(TeacherConfig(), DataConfig())
-    result = run(TeacherConfig(source="auto"), DataConfig(), mnist, tmp_path)
+    result = run(TeacherConfig(source="auto"), {}, mnist, tmp_path)
     assert result.metrics["source"] == "pretrained"
     assert result.metrics["test_accuracy"] >= 0.97
     assert isinstance(load_model(result.outputs["teacher"]), ResNet)

@@ -1,0 +1,84 @@
+"""Export one PyTorch model to ONNX with a dynamic batch axis, check it (onnx.checker, strict shape
+inference) and verify it against PyTorch on real test inputs. Shared by the export stage and by
+pruning, which verifies every step this way."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import shape_inference
+
+from compress.data import Dataset
+from compress.errors import CompressError
+from compress.fsutil import atomic_path
+from compress.onnxutil import make_session, predict
+from compress.train import predict_logits
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export and its verification."""
+
+    opset: int = 17  # ONNX opset; 13..21 are supported by this onnxruntime's quantizer
+    parity_samples: int = 256  # real test samples compared between PyTorch and onnxruntime
+    atol: float = 1e-3  # largest allowed |onnx - torch| logit difference
+    min_agreement: float = 0.995  # smallest allowed share of identical top-1 predictions
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 21:
+            raise ValueError(f"export.opset must be within 13..21, got {self.opset}")
+        if self.parity_samples < 1:
+            raise ValueError(f"export.parity_samples must be >= 1, got {self.parity_samples}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"export.min_agreement must be within [0, 1], got {self.min_agreement}")
+
+
+def export_model(model: torch.nn.Module, path: Path, data: Dataset, cfg: ExportConfig, run_info: dict) -> dict:
+    model.eval()
+    example = torch.from_numpy(data.test.x[:2])
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            # The TorchScript-based exporter: fast on these CNNs, folds BatchNorm into Conv in eval mode, and
+            # needs no onnxscript; dynamo=True would work too but takes seconds per model.
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=cfg.opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        onnx_model = onnx.load(str(tmp))
+        onnx.checker.check_model(onnx_model, full_check=True)
+        shape_inference.infer_shapes(onnx_model, check_type=True, strict_mode=True)
+        _set_metadata(onnx_model, data, run_info)
+        onnx.save(onnx_model, str(tmp))
+        parity = check_parity(model, tmp, data, cfg)
+    return parity
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, data: Dataset, cfg: ExportConfig) -> dict:
+    x = data.test.x[:cfg.parity_samples]
+    expected = predict_logits(model, x)
+    actual = predict(make_session(onnx_path), x)
+    max_abs_diff = float(np.abs(expected - actual).max())
+    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
+    result = {"samples": len(x), "max_abs_diff": max_abs_diff, "top1_agreement": agreement}
+    if max_abs_diff > cfg.atol or agreement < cfg.min_agreement:
+        raise CompressError(f"ONNX export does not match PyTorch: max |diff| {max_abs_diff:.2e} (allowed {cfg.atol:g}), "
+                            f"top-1 agreement {agreement:.3f} (needed {cfg.min_agreement:g}); the model may use an op "
+                            "the exporter translates differently")
+    return result
+
+
+def _set_metadata(model: onnx.ModelProto, data: Dataset, run_info: dict) -> None:
+    props = {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
+             "producer": run_info}
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    model.producer_name = "compress"
