@@ -40,6 +40,8 @@ def _threads(cfg) -> None:
 
 NPROC_HELP = ("Train data-parallel in N processes on this machine (starts torchrun; gloo on CPU, nccl on GPU). "
               "For several machines run torchrun -m compress yourself.")
+TRUST_PICKLE_HELP = ("Allow model files that are pickled whole modules. Unpickling runs whatever code the file carries: "
+                     "only for files you trust; better, save a state_dict and pass a factory.")
 RESUME_HELP = "Continue a killed run from its last epoch checkpoint (kept in .OUT.checkpoints/ beside --out)."
 
 
@@ -173,9 +175,10 @@ def show_config(config_path, overrides):
     click.echo(to_toml(to_dict(_config(config_path, overrides))), nl=False)
 
 
-def stage_command(name: str, out_help: str, resumable: bool = True):
-    """The options every per-stage command shares (--data, --config, --set, --out, --force, and for training
-    stages --resume and --nproc), with the stage's --set keys, generated from its config dataclass, in --help."""
+def stage_command(name: str, out_help: str, resumable: bool = True, reads_models: bool = True):
+    """The options every per-stage command shares (--data, --config, --set, --out, --force; for training
+    stages --resume and --nproc; for stages reading model files --trust-pickle), with the stage's --set keys,
+    generated from its config dataclass, in --help."""
     def decorate(function):
         from stages import STAGES
 
@@ -190,6 +193,8 @@ def stage_command(name: str, out_help: str, resumable: bool = True):
         if resumable:
             options += [click.option("--resume", is_flag=True, help=RESUME_HELP),
                         click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)]
+        if reads_models:
+            options.append(click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP))
         for option in reversed(options):
             function = option(function)
         from compress.config import field_help
@@ -216,6 +221,15 @@ def _run_stage_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, 
         Path(out_path), resume, force, to_dict(cfg))
 
 
+def _trusted(trust_pickle: bool, paths):
+    """--trust-pickle: only these files may be unpickled, and only in this command."""
+    import contextlib
+
+    from compress.checkpoint import trusting_pickles
+
+    return trusting_pickles(paths) if trust_pickle else contextlib.nullcontext()
+
+
 def _run_file_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, force: bool, **run_options) -> dict:
     """A stage that writes a file (export, quantize) through the shared stage runner."""
     from compress.data import load_dataset
@@ -229,7 +243,7 @@ def _run_file_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, f
 
 
 @main.command(name="teacher")
-@stage_command("teacher", "Folder for teacher.safetensors and its manifest.json.")
+@stage_command("teacher", "Folder for teacher.safetensors and its manifest.json.", reads_models=False)
 def teacher_command(data, config_path, overrides, out_path, force, resume, nproc):
     """Train (or load) a teacher.
 
@@ -251,7 +265,7 @@ def teacher_command(data, config_path, overrides, out_path, force, resume, nproc
 @click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher checkpoint.")
 @click.option("--baseline", is_flag=True, help="Also train the student without distillation.")
 @stage_command("distill", "Folder for student.safetensors and its manifest.json.")
-def distill(teacher_path, baseline, data, config_path, overrides, out_path, force, resume, nproc):
+def distill(teacher_path, baseline, data, config_path, overrides, out_path, force, resume, nproc, trust_pickle):
     """Distill a smaller student from a teacher.
 
     \b
@@ -262,7 +276,8 @@ def distill(teacher_path, baseline, data, config_path, overrides, out_path, forc
     if _relaunched(nproc, "distill"):
         return
     cfg = _config(config_path, list(overrides) + (["distill.baseline=true"] if baseline else []), data)
-    record = _run_stage_command("distill", cfg, {"teacher": Path(teacher_path)}, out_path, force, resume)
+    with _trusted(trust_pickle, [teacher_path]):
+        record = _run_stage_command("distill", cfg, {"teacher": Path(teacher_path)}, out_path, force, resume)
     if _is_main():
         _echo_metrics(record["metrics"])
 
@@ -271,7 +286,7 @@ def distill(teacher_path, baseline, data, config_path, overrides, out_path, forc
 @click.argument("model_path", type=click.Path())
 @click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher for the fine-tune.")
 @stage_command("prune", "Folder for pruned.safetensors, prune.md/json and its manifest.json.")
-def prune(model_path, teacher_path, data, config_path, overrides, out_path, force, resume, nproc):
+def prune(model_path, teacher_path, data, config_path, overrides, out_path, force, resume, nproc, trust_pickle):
     """Remove channels, neurons and attention heads from a model (a smaller dense model, verified
     after every step: forward pass, ONNX export, parity), then fine-tune it by distillation.
     target=sparsity is unstructured magnitude pruning instead: a smaller gzip file, NOT faster on
@@ -287,8 +302,9 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_path, forc
     if _relaunched(nproc, "prune"):
         return
     cfg = _config(config_path, overrides, data)
-    record = _run_stage_command("prune", cfg, {"student": Path(model_path), "teacher": Path(teacher_path)}, out_path,
-                                force, resume)
+    with _trusted(trust_pickle, [model_path, teacher_path]):
+        record = _run_stage_command("prune", cfg, {"student": Path(model_path), "teacher": Path(teacher_path)},
+                                    out_path, force, resume)
     if _is_main():
         # the full per-layer and per-round report is in OUT/prune.md (and prune.json)
         metrics = record["metrics"]
@@ -302,7 +318,7 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_path, forc
 @main.command()
 @click.argument("model_path", type=click.Path())
 @stage_command("export", "ONNX file to write.", resumable=False)
-def export(model_path, data, config_path, overrides, out_path, force):
+def export(model_path, data, config_path, overrides, out_path, force, trust_pickle):
     """Export a PyTorch checkpoint to ONNX, checked and verified against PyTorch on real test inputs.
 
     \b
@@ -310,13 +326,15 @@ def export(model_path, data, config_path, overrides, out_path, force):
       compress export runs/default/prune/pruned.safetensors --data mnist --out pruned.onnx
     """
     cfg = _config(config_path, overrides, data)
-    record = _run_file_command("export", cfg, {Path(out_path).stem: Path(model_path)}, out_path, force)
+    with _trusted(trust_pickle, [model_path]):
+        record = _run_file_command("export", cfg, {Path(out_path).stem: Path(model_path)}, out_path, force)
     _echo_metrics(next(iter(record["metrics"].values())))
 
 
 @main.command()
 @click.argument("model_path", type=click.Path())
-@stage_command("quantize", "int8 ONNX file to write (its per-layer report goes beside it).", resumable=False)
+@stage_command("quantize", "int8 ONNX file to write (its per-layer report goes beside it).", resumable=False,
+               reads_models=False)
 def quantize(model_path, data, config_path, overrides, out_path, force):
     """Quantize an fp32 ONNX model with onnxruntime (auto: measure the int8 formats, keep the fastest
     within the accuracy budget), calibrated on real samples.

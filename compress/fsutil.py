@@ -82,6 +82,18 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run a block inside ``path``: onnxruntime's tools write temporary files (``sym_shape_infer_temp.onnx``,
+    external-data files) into the current directory, even when they then fail."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

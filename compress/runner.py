@@ -181,6 +181,7 @@ def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], wo
     The first output becomes ``out_path``; the record's output paths are relative to its folder."""
     out_path = Path(out_path)
     folder = out_path.parent
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if the stage fails
     staging = folder / f".{out_path.name}.stage"
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of the same command
     if out_path.exists() and not force:
@@ -196,6 +197,11 @@ def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], wo
         for key, path in produced.items():
             os.replace(path, targets[key])
             record["outputs"][key]["path"] = targets[key].name
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return record

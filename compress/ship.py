@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import onnxruntime as ort
 
 from compress.data import DataConfig, Dataset, load_dataset
 from compress.errors import CompressError
-from compress.fsutil import sha256, staging_dir, write_json
+from compress.fsutil import sha256, staging_dir, working_directory, write_json
 from compress.onnxutil import load_onnx, metadata
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "compress-bundle", 1
@@ -204,6 +205,7 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     style = OptimizationStyle.Fixed if cfg.optimization_style == "fixed" else OptimizationStyle.Runtime
+    onnx_path = onnx_path.resolve()
     folder = onnx_path.parent
     before = {p.name for p in folder.iterdir()}
     log = io.StringIO()
@@ -211,7 +213,8 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), tempfile.TemporaryDirectory(prefix="compress-ort-") as scratch, \
+                working_directory(Path(scratch)):
             convert_onnx_models_to_ort(onnx_path, output_dir=folder, optimization_styles=[style],
                                        target_platform=cfg.target_platform, enable_type_reduction=cfg.type_reduction)
     except Exception as exc:

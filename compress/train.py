@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 import copy
 import hashlib
-import json
 import math
 import random
 import re
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from compress import distributed
 from compress.data import Dataset, Split
 from compress.errors import CompressError
-from compress.fsutil import atomic_path, run_lock
+from compress.fsutil import atomic_path
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -108,40 +107,8 @@ def checkpointing(directory: str | Path, key: str = "") -> Iterator[Checkpointin
         _CHECKPOINTING.reset(token)
 
 
-def run_key(**parts: object) -> str:
-    """A short fingerprint of what a training run depends on (configs, input hashes)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def checkpoint_files(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("*.pt")) if Path(directory).is_dir() else []
-
-
-@contextlib.contextmanager
-def resumable(out_dir: Path, key: str, resume: bool, force: bool) -> Iterator[Path]:
-    """Checkpoint the training of a standalone command writing ``out_dir`` into the hidden sibling
-    ``.<name>.checkpoints/`` (locked against a second process), resume from it with ``resume``, and
-    remove it once the command succeeds. A failed or killed run keeps its checkpoints for --resume."""
-    folder = Path(out_dir).parent / f".{Path(out_dir).name}.checkpoints"
-    if not distributed.context().is_main:
-        with checkpointing(folder, key):
-            yield folder
-        return
-    try:
-        with run_lock(folder):
-            if checkpoint_files(folder) and not resume:
-                if not force:
-                    raise CompressError(f"{folder} holds checkpoints of an unfinished run: pass --resume to continue "
-                                        "it or --force to start over")
-                for path in checkpoint_files(folder):
-                    path.unlink()
-            with checkpointing(folder, key):
-                yield folder
-            for path in checkpoint_files(folder):
-                path.unlink()
-    finally:
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
 
 
 def seed_everything(seed: int) -> None:

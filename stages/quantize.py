@@ -28,7 +28,7 @@ from tqdm import tqdm
 from compress import quant_analysis as qa
 from compress.data import Dataset
 from compress.errors import CompressError
-from compress.fsutil import atomic_path
+from compress.fsutil import atomic_path, working_directory
 from compress.latency import Target, TimingRules, time_interleaved
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
@@ -195,13 +195,13 @@ def report_paths(output: Path) -> tuple[Path, Path]:
 
 def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path) -> dict:
     """Quantize ``model_path`` into ``output`` as ``cfg`` asks; returns what was measured and decided."""
-    model_path, output = Path(model_path), Path(output)
+    model_path, output = Path(model_path).resolve(), Path(output).resolve()
     load_onnx(model_path)
     provider = resolve_provider(cfg.provider)
     fp32_session = make_session(model_path, cfg.provider, cfg.threads)
     input_name = check_input(fp32_session, data.input_shape, f"dataset {data.name}")
-    with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp:
-        work = Workbench(cfg, model_path, data, input_name, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp, working_directory(Path(tmp)):
+        work = QuantizationJob(cfg, model_path, data, input_name, Path(tmp))
         support = qa.cpu_int8_support()
         stats = onnx_stats(work.source_model)
         has_conv = any(node.op_type == "Conv" for node in work.source_model.graph.node)
@@ -233,7 +233,7 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
     }
 
 
-class Workbench:
+class QuantizationJob:
     """One quantization job: the preprocessed source, the calibration cache, validation data, and the
     builds, evaluations and sensitivity rankings made so far (each made once)."""
 
