@@ -59,72 +59,106 @@ def plot_accuracy_latency(results: dict[str, dict], path: Path, title: str) -> N
 
 
 def write_report(run_dir: Path, manifest: dict) -> Path:
-    results, stages, config = manifest["results"], manifest["stages"], manifest["config"]
-    bench_cfg = config["benchmark"]
+    """report.md of a finished run: the side-by-side table and plot, what to ship, then one section per stage."""
+    stages = manifest["stages"]
     plot_name = "accuracy_vs_latency.png"
-    plot_accuracy_latency(results, run_dir / plot_name,
-                          f"{config['data']['source']}: accuracy vs latency ({bench_cfg['provider']}, "
-                          f"{bench_cfg['threads']} thread)")
-    ship = manifest.get("ship", {})
-    parts = [
+    bench_cfg, source = manifest["config"]["benchmark"], manifest["config"]["data"]["source"]
+    plot_accuracy_latency(manifest["results"], run_dir / plot_name,
+                          f"{source}: accuracy vs latency ({bench_cfg['provider']}, {bench_cfg['threads']} thread)")
+    parts = [_summary_section(manifest, plot_name), _latency_ratio_section(manifest.get("latency_ratios", {})),
+             _ship_section(manifest.get("ship", {})),
+             _distillation_section(stages.get("distill", {}).get("metrics", {})),
+             prune_markdown(prune) if (prune := stages.get("prune", {}).get("metrics")) else "",
+             _quantization_section(stages.get("quantize", {})),
+             _parity_section(stages.get("export", {}).get("metrics", {})), _stages_section(stages)]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(part for part in parts if part))
+    return path
+
+
+def _summary_section(manifest: dict, plot_name: str) -> str:
+    config, data = manifest["config"], manifest["data"]
+    bench_cfg = config["benchmark"]
+    return "\n".join([
         "# compress run report\n",
-        f"Dataset **{config['data']['source']}** (train/val/test: {manifest['data']['train']}/{manifest['data']['val']}/"
-        f"{manifest['data']['test']} samples). "
+        f"Dataset **{config['data']['source']}** (train/val/test: {data['train']}/{data['val']}/{data['test']} samples). "
         f"Latency: onnxruntime {manifest['packages'].get('onnxruntime')} `{bench_cfg['provider']}`, "
         f"{bench_cfg['threads']} intra-op thread(s), batch 1, after warm-up ({bench_cfg.get('warmup', 'fixed')}, at least "
-        f"{bench_cfg['warmup_runs']} runs). "
-        f"Throughput at batch {bench_cfg['throughput_batch']} is in `benchmark/benchmark.md`.\n",
-        "## Teacher vs student vs pruned vs int8\n", results_table(results),
-        f"\n![accuracy vs latency]({plot_name})\n",
-    ]
-    if ship:
-        parts.append(f"## What to ship\n\n**{ship['artifact']}** (`{ship['path']}`): {ship['reason']}\n")
-    distill = stages.get("distill", {}).get("metrics", {})
+        f"{bench_cfg['warmup_runs']} runs)"
+        + (f", the artifacts interleaved in {bench_cfg['rounds']} rounds in one process" if bench_cfg.get("interleave") else "")
+        + f". Throughput at batch {bench_cfg['throughput_batch']} is in `benchmark/benchmark.md`.\n",
+        "## Teacher vs student vs pruned vs int8\n", results_table(manifest["results"]),
+        f"\n![accuracy vs latency]({plot_name})\n"])
+
+
+def _latency_ratio_section(ratios: dict) -> str:
+    """The interleaved latency ratios that matter for the choice: int8 against its fp32 source and the teacher."""
+    shown = {pair: r for pair, r in ratios.items() if pair in ("int8/pruned", "int8/teacher", "pruned/teacher",
+                                                                "student/teacher")}
+    if not shown:
+        return ""
+    return "\n".join(["## Latency ratios (interleaved rounds)\n", markdown_table(
+        ["p50 ratio", "median over rounds", "min", "max", "spread"],
+        [[pair, f"{r['ratio']:.3f}", f"{r['min']:.3f}", f"{r['max']:.3f}", f"{100 * r['spread']:.1f}%"]
+         for pair, r in shown.items()]),
+        "\nEach round timed every artifact back to back in one worker process; a ratio below 1 means faster.\n"])
+
+
+def _ship_section(ship: dict) -> str:
+    return f"## What to ship\n\n**{ship['artifact']}** (`{ship['path']}`): {ship['reason']}\n" if ship else ""
+
+
+def _distillation_section(distill: dict) -> str:
     if "student_baseline" in distill:
         student, baseline = distill["student"], distill["student_baseline"]
-        parts += ["## What distillation bought\n", markdown_table(
+        return "\n".join(["## What distillation bought\n", markdown_table(
             ["student", "val accuracy", "test accuracy", "train s"],
             [["without distillation (hard labels)", f"{100 * baseline['val_accuracy']:.2f}%",
               f"{100 * baseline['test_accuracy']:.2f}%", baseline["train_s"]],
              [f"distilled (T={distill['temperature']}, alpha={distill['alpha']}, {distill['mode']})",
               f"{100 * student['val_accuracy']:.2f}%", f"{100 * student['test_accuracy']:.2f}%", student["train_s"]]]),
-            f"\nBoth start from the same weights ({distill['init']}) and use the same schedule.\n"]
-    elif distill:
-        parts.append(f"## Distillation\n\nT={distill['temperature']}, alpha={distill['alpha']}, {distill['mode']}; "
-                     f"student init: {distill['init']}. Run with `--baseline` to compare against the same student "
-                     "trained without distillation.\n")
-    prune = stages.get("prune", {}).get("metrics", {})
-    if prune:
-        parts.append(prune_markdown(prune))
-    quant = stages.get("quantize", {}).get("metrics", {})
-    if quant:
-        calibration = (f"{quant['method']} calibration on {quant['calibration_samples']} training samples"
-                       if quant.get("calibration_samples") else "no calibration")
-        parts.append(f"\n## Quantization\n\nint8 ({quant.get('mode', 'static')} mode, {quant['format']}, {quant['types']}, "
-                     f"{calibration}): test accuracy {100 * quant['fp32_accuracy']:.2f}% fp32 -> "
-                     f"{100 * quant['int8_accuracy']:.2f}% int8, top-1 agreement {100 * quant['top1_agreement']:.2f}%.\n")
-        if quant.get("decision_reason"):
-            parts.append(f"Decision: **{quant['decision']}**: {quant['decision_reason']}.\n")
-        if quant.get("fp32_nodes"):
-            parts.append(f"Kept in fp32 by the accuracy-aware search: {', '.join(map(str, quant['fp32_nodes']))}.\n")
-        for warning in quant.get("warnings", []):
-            parts.append(f"> {warning}\n")
-        layer_outputs = stages["quantize"].get("outputs", {})
-        if "int8_layers" in layer_outputs:
-            parts.append(f"Per-layer error report: [{layer_outputs['int8_layers']['path']}]({layer_outputs['int8_layers']['path']})"
-                         + (f", plot [{layer_outputs['int8_layers_plot']['path']}]({layer_outputs['int8_layers_plot']['path']})"
-                            if "int8_layers_plot" in layer_outputs else "") + ".\n")
-    export = stages.get("export", {}).get("metrics", {})
-    if export:
-        parts += ["\n## Export parity (onnxruntime vs PyTorch)\n", markdown_table(
-            ["model", "samples", "max abs diff", "top-1 agreement"],
-            [[name, p["samples"], f"{p['max_abs_diff']:.2e}", f"{100 * p['top1_agreement']:.2f}%"] for name, p in export.items()])]
-    parts += ["\n## Stages\n", markdown_table(
-        ["stage", "status", "wall s"],
-        [[name, s["status"], f"{s['wall_s']:.1f}"] for name, s in stages.items()])]
-    path = run_dir / "report.md"
-    write_text(path, "\n".join(parts))
-    return path
+            f"\nBoth start from the same weights ({distill['init']}) and use the same schedule.\n"])
+    if distill:
+        return (f"## Distillation\n\nT={distill['temperature']}, alpha={distill['alpha']}, {distill['mode']}; "
+                f"student init: {distill['init']}. Run with `--baseline` to compare against the same student "
+                "trained without distillation.\n")
+    return ""
+
+
+def _quantization_section(stage: dict) -> str:
+    quant = stage.get("metrics", {})
+    if not quant:
+        return ""
+    calibration = (f"{quant['method']} calibration on {quant['calibration_samples']} training samples"
+                   if quant.get("calibration_samples") else "no calibration")
+    parts = [f"\n## Quantization\n\nint8 ({quant.get('mode', 'static')} mode, {quant['format']}, {quant['types']}, "
+             f"{calibration}): test accuracy {100 * quant['fp32_accuracy']:.2f}% fp32 -> "
+             f"{100 * quant['int8_accuracy']:.2f}% int8, top-1 agreement {100 * quant['top1_agreement']:.2f}%.\n"]
+    if quant.get("decision_reason"):
+        parts.append(f"Decision: **{quant['decision']}**: {quant['decision_reason']}.\n")
+    if quant.get("fp32_nodes"):
+        parts.append(f"Kept in fp32 by the accuracy-aware search: {', '.join(map(str, quant['fp32_nodes']))}.\n")
+    parts += [f"> {warning}\n" for warning in quant.get("warnings", [])]
+    outputs = stage.get("outputs", {})
+    if "int8_layers" in outputs:
+        links = [f"[{outputs[key]['path']}]({outputs[key]['path']})" for key in ("int8_layers", "int8_layers_plot")
+                 if key in outputs]
+        parts.append(f"Per-layer error report: {', plot '.join(links)}.\n")
+    return "\n".join(parts)
+
+
+def _parity_section(export: dict) -> str:
+    if not export:
+        return ""
+    return "\n".join(["\n## Export parity (onnxruntime vs PyTorch)\n", markdown_table(
+        ["model", "samples", "max abs diff", "top-1 agreement"],
+        [[name, p["samples"], f"{p['max_abs_diff']:.2e}", f"{100 * p['top1_agreement']:.2f}%"]
+         for name, p in export.items()])])
+
+
+def _stages_section(stages: dict) -> str:
+    return "\n".join(["\n## Stages\n", markdown_table(
+        ["stage", "status", "wall s"], [[name, s["status"], f"{s['wall_s']:.1f}"] for name, s in stages.items()])])
 
 
 def prune_markdown(prune: dict, heading: str = "## Pruning") -> str:

@@ -528,7 +528,16 @@ def terminal_table(results: dict[str, dict]) -> str:
 
 
 def benchmark_markdown(document: dict) -> str:
-    cfg, results, env = document["config"], document["results"], document["environment"]
+    """benchmark.md: the settings and results table, then one section per measurement that was made."""
+    results = document["results"]
+    parts = [_settings_markdown(document), _ratios_markdown(document), _throughput_markdown(results),
+             _sweep_markdown(results), _cold_start_markdown(results), _transfer_markdown(results),
+             _profile_markdown(results), _environment_markdown(document)]
+    return "\n\n".join(part.strip("\n") for part in parts if part) + "\n"
+
+
+def _settings_markdown(document: dict) -> str:
+    cfg, results = document["config"], document["results"]
     warmup = (f"warm-up until steady (2 windows of {cfg['steady_window']} runs within {100 * cfg['steady_tolerance']:g}%, "
               f"after at least {cfg['warmup_runs']} runs)" if cfg["warmup"] == "steady" else f"{cfg['warmup_runs']} warm-up runs")
     first = next(iter(results.values()))
@@ -540,45 +549,68 @@ def benchmark_markdown(document: dict) -> str:
         "p90 is the single-stream figure (MLPerf); latency is at each model's latency batch (1 unless set).\n",
         results_markdown(results),
     ]
-    ratios = document.get("latency_ratios") or {}
-    if ratios:
-        parts += [f"\n## Latency ratios (interleaved: {cfg['rounds']} rounds in one process)\n",
-                  "Each ratio is the median over rounds of one model's round p50 over the other's, both timed in the "
-                  "same round; the spread is (max - min) / median of the per-round ratios.\n", markdown_table(
-                      ["ratio", "median", "min", "max", "spread"],
-                      [[pair, f"{r['ratio']:.3f}", f"{r['min']:.3f}", f"{r['max']:.3f}", f"{100 * r['spread']:.1f}%"]
-                       for pair, r in ratios.items()])]
     if any(r.get("steady") is False for r in results.values()):
         parts.append("\nNot steady after warm-up (latency still drifting): "
                      + ", ".join(n for n, r in results.items() if r.get("steady") is False) + ".\n")
+    return "\n".join(parts)
+
+
+def _ratios_markdown(document: dict) -> str:
+    ratios, cfg = document.get("latency_ratios") or {}, document["config"]
+    if not ratios:
+        return ""
+    return "\n".join([
+        f"\n## Latency ratios (interleaved: {cfg['rounds']} rounds in one process)\n",
+        "Each ratio is the median over rounds of one model's round p50 over the other's, both timed in the "
+        "same round; the spread is (max - min) / median of the per-round ratios.\n", markdown_table(
+            ["ratio", "median", "min", "max", "spread"],
+            [[pair, f"{r['ratio']:.3f}", f"{r['min']:.3f}", f"{r['max']:.3f}", f"{100 * r['spread']:.1f}%"]
+             for pair, r in ratios.items()])])
+
+
+def _throughput_markdown(results: dict) -> str:
     batches = sorted({row["batch"] for r in results.values() for row in r["throughput"]})
-    parts += ["\n## Throughput (samples/s) by batch size\n", markdown_table(
+    return "\n".join(["\n## Throughput (samples/s) by batch size\n", markdown_table(
         ["model", *[f"batch {b}" for b in batches]],
         [[name, *[next((f"{row['samples_per_s']:.0f}" for row in r["throughput"] if row["batch"] == b), "-")
-                  for b in batches]] for name, r in results.items()])]
-    if any("threads_sweep" in r for r in results.values()):
-        parts += ["\n## Threads sweep (p50 / p90 ms)\n", markdown_table(
-            ["model", "intra-op", "inter-op", "p50 ms", "p90 ms"],
-            [[name, row["intra_op_threads"], row["inter_op_threads"], f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}"]
-             for name, r in results.items() for row in r.get("threads_sweep", [])])]
-    if any("cold_start" in r for r in results.values()):
-        parts += ["\n## Cold start and memory (fresh process per model)\n", markdown_table(
-            ["model", "session create ms", "first run ms", "cold start ms", "peak RSS MB", "model RSS MB"],
-            [[name, f"{c['session_create_ms']:.1f}", f"{c['first_run_ms']:.2f}", f"{c['cold_start_ms']:.1f}",
-              _num(c["peak_rss_mb"], ".1f"), _num(c["model_rss_mb"], ".1f")]
-             for name, r in results.items() if (c := r.get("cold_start"))])]
+                  for b in batches]] for name, r in results.items()])])
+
+
+def _sweep_markdown(results: dict) -> str:
+    if not any("threads_sweep" in r for r in results.values()):
+        return ""
+    return "\n".join(["\n## Threads sweep (p50 / p90 ms)\n", markdown_table(
+        ["model", "intra-op", "inter-op", "p50 ms", "p90 ms"],
+        [[name, row["intra_op_threads"], row["inter_op_threads"], f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}"]
+         for name, r in results.items() for row in r.get("threads_sweep", [])])])
+
+
+def _cold_start_markdown(results: dict) -> str:
+    if not any("cold_start" in r for r in results.values()):
+        return ""
+    return "\n".join(["\n## Cold start and memory (fresh process per model)\n", markdown_table(
+        ["model", "session create ms", "first run ms", "cold start ms", "peak RSS MB", "model RSS MB"],
+        [[name, f"{c['session_create_ms']:.1f}", f"{c['first_run_ms']:.2f}", f"{c['cold_start_ms']:.1f}",
+          _num(c["peak_rss_mb"], ".1f"), _num(c["model_rss_mb"], ".1f")]
+         for name, r in results.items() if (c := r.get("cold_start"))])])
+
+
+def _transfer_markdown(results: dict) -> str:
     transfers = {name: r["transfer"] for name, r in results.items()}
-    if any(t["applicable"] for t in transfers.values()):
-        parts += ["\n## Input transfer (IOBinding)\n", markdown_table(
-            ["model", "device", "host I/O p50 ms", "device I/O p50 ms", "transfer ms", "upload ms", "download ms"],
-            [[name, t["device"], f"{t['host_io_p50_ms']:.3f}", f"{t['device_io_p50_ms']:.3f}",
-              f"{t['transfer_p50_ms']:.3f}", f"{t['upload_p50_ms']:.3f}", f"{t['download_p50_ms']:.3f}"]
-             for name, t in transfers.items() if t["applicable"]])]
-    else:
-        parts.append(f"\nInput transfer: {next(iter(transfers.values()))['reason']}.\n")
-    if any("profile" in r for r in results.values()):
-        parts.append("Operator times come from a separate, profiled session: the profiler adds a microsecond or two "
-                     "per node, so read the shares rather than comparing absolute times with the latency table.")
+    if not any(t["applicable"] for t in transfers.values()):
+        return f"\nInput transfer: {next(iter(transfers.values()))['reason']}.\n"
+    return "\n".join(["\n## Input transfer (IOBinding)\n", markdown_table(
+        ["model", "device", "host I/O p50 ms", "device I/O p50 ms", "transfer ms", "upload ms", "download ms"],
+        [[name, t["device"], f"{t['host_io_p50_ms']:.3f}", f"{t['device_io_p50_ms']:.3f}",
+          f"{t['transfer_p50_ms']:.3f}", f"{t['upload_p50_ms']:.3f}", f"{t['download_p50_ms']:.3f}"]
+         for name, t in transfers.items() if t["applicable"]])])
+
+
+def _profile_markdown(results: dict) -> str:
+    if not any("profile" in r for r in results.values()):
+        return ""
+    parts = ["Operator times come from a separate, profiled session: the profiler adds a microsecond or two "
+             "per node, so read the shares rather than comparing absolute times with the latency table."]
     for name, r in results.items():
         if "profile" in r:
             p = r["profile"]
@@ -587,8 +619,13 @@ def benchmark_markdown(document: dict) -> str:
                           ["operator", "calls/run", "ms/run", "share", "provider"],
                           [[o["op"], f"{o['calls_per_run']:g}", f"{o['ms_per_run']:.4f}", f"{100 * o['share']:.1f}%",
                             ", ".join(o["providers"])] for o in p["top_ops"]])]
+    return "\n".join(parts)
+
+
+def _environment_markdown(document: dict) -> str:
+    env = document["environment"]
     cpu = env["cpu"]
-    parts += ["## Environment",
+    parts = ["## Environment",
               f"- CPU: {cpu['model']} ({cpu['architecture']}), {cpu['logical_cores']} logical / "
               f"{cpu['physical_cores'] or '?'} physical cores, {cpu['usable_cores']} usable; key flags: "
               f"{', '.join(cpu['key_flags']) or '-'}\n"
@@ -597,7 +634,7 @@ def benchmark_markdown(document: dict) -> str:
               + "; ".join(f"{p} ({v})" for p, v in env["onnxruntime"]["provider_versions"].items())]
     if document.get("command"):
         parts.append(f"\nMade by `{document['command']}`.\n")
-    return "\n\n".join(part.strip("\n") for part in parts) + "\n"
+    return "\n\n".join(part.strip("\n") for part in parts)
 
 
 def write_plots(results: dict[str, dict], out_dir: Path, cfg: BenchmarkConfig) -> dict[str, Path]:

@@ -68,7 +68,7 @@ def test_each_stage_consumes_what_the_previous_one_made(quick_run):
     assert stages["prune"]["inputs"]["student"]["sha256"] == out("distill", "student")
     assert {k: v["sha256"] for k, v in stages["export"]["inputs"].items()} == {
         "teacher": out("teacher", "teacher"), "student": out("distill", "student"), "pruned": out("prune", "pruned")}
-    assert stages["quantize"]["inputs"]["pruned"]["sha256"] == out("export", "pruned")
+    assert stages["quantize"]["inputs"]["model"]["sha256"] == out("export", "pruned")
     bench_inputs = {k: v["path"] for k, v in stages["benchmark"]["inputs"].items()}
     assert bench_inputs == ARTIFACT_FILES
 
