@@ -180,7 +180,6 @@ def stage_command(name: str, out_help: str, resumable: bool = True, reads_models
     stages --resume and --nproc; for stages reading model files --trust-pickle), with the stage's --set keys,
     generated from its config dataclass, in --help."""
     def decorate(function):
-        from stages import STAGES
 
         options = [
             click.option("--data", default=None, help=DATA_HELP + " Default: the config's [data], else mnist."),
@@ -197,7 +196,15 @@ def stage_command(name: str, out_help: str, resumable: bool = True, reads_models
             options.append(click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP))
         for option in reversed(options):
             function = option(function)
+        return key_help(name)(function)
+    return decorate
+
+
+def key_help(name: str):
+    """Append the stage's --set keys, their defaults and meaning (from its config dataclass) to --help."""
+    def decorate(function):
         from compress.config import field_help
+        from stages import STAGES
 
         keys = "\n".join("  " + line for line in field_help(STAGES[name].config, f"{name}."))
         function.__doc__ = (function.__doc__ or "").rstrip() + f"\n\n\b\nKeys of [{name}] (--set {name}.KEY=VALUE):\n{keys}\n"
@@ -405,39 +412,29 @@ def _int_list(ctx, param, value):
 @click.option("--dim", "dims", multiple=True, help="Symbolic input dimension NAME=N or INPUT:AXIS=N (repeatable).")
 @click.option("--provider", default=None, help="Execution provider: cpu, cuda, tensorrt, openvino, directml, coreml, ...")
 @click.option("--provider-option", "provider_options", multiple=True, help="Provider option KEY=VALUE (repeatable).")
-@click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "layout", "all"]),
-              help="Graph optimization level (default all).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default 1; 0 = onnxruntime's default).")
-@click.option("--inter-op-threads", type=int, default=None, help="Inter-op threads (needs --execution-mode parallel).")
-@click.option("--execution-mode", type=click.Choice(["sequential", "parallel"]), help="Default sequential.")
-@click.option("--warmup", type=click.Choice(["steady", "fixed"]), help="Warm up until steady (default) or a fixed count.")
-@click.option("--warmup-runs", type=int, help="Fixed warm-up count, or the minimum before steadiness (default 30).")
-@click.option("--min-runs", type=int, help="Timed runs at least (default 300).")
-@click.option("--min-seconds", type=float, help="Timed seconds at least (default 1.0).")
-@click.option("--mlperf", is_flag=True, help="MLPerf single-stream minimums: 1,024 runs and 600 s per model.")
 @click.option("--batch-sizes", callback=_int_list, help="Throughput batch sizes, e.g. 1,8,32 (the largest is the headline).")
 @click.option("--threads-sweep", callback=_int_list, help="Intra-op thread counts to time, e.g. 1,2,4.")
-@click.option("--inter-op-sweep", callback=_int_list, help="Inter-op thread counts to time (with --execution-mode parallel).")
-@click.option("--profile/--no-profile", default=None, help="Top operators from onnxruntime's profiler (default on).")
-@click.option("--profile-top", type=int, help="Operators listed per model (default 10).")
-@click.option("--cold-start/--no-cold-start", default=None,
-              help="Cold start and peak memory in a fresh process per model (default on).")
+@click.option("--mlperf", is_flag=True, help="MLPerf single-stream minimums: 1,024 runs and 600 s per model.")
 @click.option("--plot", is_flag=True, help="Write latency_distribution.png and pareto.png into --out.")
 @click.option("--out", "out_dir", type=click.Path(), help="Folder for benchmark.json/.md, plots and profiler traces.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the JSON results here.")
 @click.option("--markdown", "markdown_path", type=click.Path(), help="Also write the Markdown results here.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option("--config", "config_path", type=click.Path(), help="Config file (its [benchmark] and [data] sections).")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP + " Every [benchmark] key is listed below.")
+@key_help("benchmark")
 def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_dir, json_path, markdown_path, force,
               config_path, overrides, **flags):
-    """Measure latency, throughput, memory, operators and accuracy of ONNX models side by side.
+    """Measure latency, throughput, memory, operators and accuracy of ONNX models side by side (several models
+    are timed interleaved, in alternating rounds in one process, so their ratios are fair).
 
     \b
     Examples:
       compress benchmark model.onnx --data mnist
       compress benchmark teacher.onnx int8.onnx --data mnist --batch-sizes 1,8,32 --plot --out bench/
       compress benchmark bert.onnx --dim batch=1 --dim seq=128 --threads-sweep 1,2,4
+      compress benchmark model.onnx --set benchmark.warmup=fixed --set benchmark.min_runs=1000 --set benchmark.profile=false
       compress benchmark model.onnx --provider cuda --provider-option device_id=0
       compress benchmark --list-providers
     """

@@ -143,8 +143,9 @@ def test_quantize_command(exported, tmp_path):
 
 def test_benchmark_command(exported, tmp_path):
     out = tmp_path / "bench"
-    result = invoke("benchmark", exported[0], "--data", "digits", "--min-runs", "20", "--min-seconds", "0",
-                    "--warmup", "fixed", "--warmup-runs", "2", "--no-profile", "--no-cold-start", "--out", out)
+    result = invoke("benchmark", exported[0], "--data", "digits", "--set", "benchmark.min_runs=20", "--set", "benchmark.min_seconds=0",
+                    "--set", "benchmark.warmup=fixed", "--set", "benchmark.warmup_runs=2", "--set", "benchmark.profile=false",
+                    "--set", "benchmark.cold_start=false", "--out", out)
     assert result.exit_code == 0, result.output
     document = json.loads((out / "benchmark.json").read_text())
     r = document["results"]["model"]

@@ -45,8 +45,8 @@ def _fails(args, message: str):
     return result
 
 
-BENCH_FAST = ["--min-runs", "5", "--min-seconds", "0", "--warmup", "fixed", "--warmup-runs", "1", "--no-profile",
-              "--no-cold-start"]
+BENCH_FAST = ["--set", "benchmark.min_runs=5", "--set", "benchmark.min_seconds=0", "--set", "benchmark.warmup=fixed",
+              "--set", "benchmark.warmup_runs=1", "--set", "benchmark.profile=false", "--set", "benchmark.cold_start=false"]
 
 CASES = {
     "benchmark missing file": (["benchmark", "{missing}", "--data", "digits"], "file not found: {missing}"),

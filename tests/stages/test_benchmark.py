@@ -25,8 +25,8 @@ from stages.benchmark import (
     warm_up,
 )
 
-FAST = ["--min-runs", "20", "--min-seconds", "0", "--warmup", "fixed", "--warmup-runs", "2", "--no-cold-start",
-        "--no-profile"]
+FAST = ["--set", "benchmark.min_runs=20", "--set", "benchmark.min_seconds=0", "--set", "benchmark.warmup=fixed",
+        "--set", "benchmark.warmup_runs=2", "--set", "benchmark.cold_start=false", "--set", "benchmark.profile=false"]
 CUDA_AVAILABLE = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -157,9 +157,9 @@ def test_non_classifier_with_data_is_refused(tmp_path, digits):
 
 def test_several_models_side_by_side_with_schema(classifier_path, wide_classifier_path, tmp_path):
     out = tmp_path / "bench"
-    result = invoke(classifier_path, wide_classifier_path, "--data", "digits", "--min-runs", "20", "--min-seconds", "0",
-                    "--warmup-runs", "2", "--no-cold-start", "--plot",
-                    "--out", out, "--profile-top", "3")
+    result = invoke(classifier_path, wide_classifier_path, "--data", "digits", "--set", "benchmark.min_runs=20",
+                    "--set", "benchmark.min_seconds=0", "--set", "benchmark.warmup_runs=2", "--set",
+                    "benchmark.cold_start=false", "--plot", "--out", out, "--set", "benchmark.profile_top=3")
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "benchmark.json").read_text())
     assert doc["schema"] == "compress.benchmark" and doc["schema_version"] == SCHEMA_VERSION == 1
