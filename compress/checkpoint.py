@@ -227,7 +227,7 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> nn.Module:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled objects; other errors mean a broken file
-        if not zipfile.is_zipfile(path) and "weights only load failed" not in str(exc).lower():
+        if not zipfile.is_zipfile(path):
             raise CompressError(f"{path} is not a model file compress can read ({first_line(exc)}): give a compress "
                                 "checkpoint (.safetensors), a TorchScript file, or a state_dict with a factory") from exc
         if "weights only load failed" not in str(exc).lower():

@@ -46,9 +46,14 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
 
         def stage(name: str, inputs: dict[str, Path]) -> dict[str, Path]:
             spec, stage_cfg = STAGES[name], getattr(cfg, name)
-            record = run_stage(name, stage_cfg, identity, inputs,
-                               lambda out: spec.run(stage_cfg, inputs, data, out), run_dir / name, run_dir,
-                               run_dir / CHECKPOINTS / name, old_stages.get(name))
+            try:
+                record = run_stage(name, stage_cfg, identity, inputs,
+                                   lambda out: spec.run(stage_cfg, inputs, data, out), run_dir / name, run_dir,
+                                   run_dir / CHECKPOINTS / name, old_stages.get(name))
+            finally:
+                for folder in (run_dir / CHECKPOINTS / name, run_dir / CHECKPOINTS):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty: a killed stage keeps its checkpoints for --resume
             if is_main:
                 manifest["stages"][name] = record
                 save_manifest(run_dir, manifest)

@@ -139,6 +139,15 @@ def run_single_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], 
     checkpoints = stage_checkpoints(out_dir)
     previous = _previous_single(name, out_dir, checkpoints, resume, force)
     lock = run_lock(checkpoints) if distributed.context().is_main else contextlib.nullcontext()
+    try:
+        return _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous,
+                                  lock)
+    finally:
+        with contextlib.suppress(OSError):
+            checkpoints.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
+
+
+def _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous, lock):
     with lock:
         if not resume:
             for path in checkpoint_files(checkpoints):
@@ -151,11 +160,8 @@ def run_single_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], 
             manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_json(staging / "manifest.json", manifest)
 
-        record = run_stage(name, stage_cfg, data, inputs, work, out_dir, out_dir, checkpoints, previous,
-                           on_record=write_manifest)
-    with contextlib.suppress(OSError):
-        checkpoints.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
-    return record
+        return run_stage(name, stage_cfg, data, inputs, work, out_dir, out_dir, checkpoints, previous,
+                         on_record=write_manifest)
 
 
 def _previous_single(name: str, out_dir: Path, checkpoints: Path, resume: bool, force: bool) -> dict | None:

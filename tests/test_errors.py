@@ -115,7 +115,7 @@ def test_errors_from_python(files):
             load_onnx(files[name])
     with pytest.raises(CompressError, match="file not found"):
         load_onnx(files["missing"])
-    with pytest.raises(CompressError, match="is not a model saved by compress nor a TorchScript file"):
+    with pytest.raises(CompressError, match="is not a model file compress can read"):
         load_model(files["random"])
     with pytest.raises(CompressError, match="unknown execution provider 'gpu0'"):
         resolve_provider("gpu0")
