@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -203,11 +204,20 @@ def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], wo
         for key, path in produced.items():
             os.replace(path, targets[key])
             record["outputs"][key]["path"] = targets[key].name
+    except CompressError as exc:
+        _remove_staging(staging, created)
+        # Name the file the user asked for, not the staging folder's copy of it.
+        hidden = re.escape(f"{folder}{os.sep}") + r"\.[^" + re.escape(os.sep) + r"]*\.stage[^" + re.escape(os.sep) + "]*" + re.escape(os.sep)
+        raise CompressError(re.sub(hidden, lambda _: f"{folder}{os.sep}", str(exc))) from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        _remove_staging(staging, created)
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return record
+
+
+def _remove_staging(staging: Path, created: list[Path]) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in created:
+        with contextlib.suppress(OSError):
+            path.rmdir()

@@ -27,7 +27,9 @@ from compress.zoo import MLP
 
 def tiny_mlp() -> torch.nn.Module:
     """A factory for teacher.factory (importable as tests.test_hostile_inputs:tiny_mlp): digits in, 10 classes out."""
-    return MLP(64, 10, width=0.25)
+    model = MLP(64, 10, width=0.25)
+    model.compress_spec = {"builder": "factory", "factory": "tests.test_hostile_inputs:tiny_mlp"}
+    return model
 
 
 def _fails(args: list[str], expected: str, *artifacts: Path) -> str:

@@ -148,7 +148,9 @@ class HardCodedView(nn.Module):
 
 
 def test_a_step_that_would_break_the_model_is_refused_naming_the_layer(digits, tmp_path):
-    save_model(HardCodedView().eval(), tmp_path / "model.pt")
+    model = HardCodedView().eval()
+    model.compress_spec = {"builder": "factory", "factory": "tests.stages.test_prune:HardCodedView"}
+    save_model(model, tmp_path / "model.pt")
     cfg = _no_finetune(target="channels", amount=0.5, round_to=1)
     with pytest.raises(CompressError, match=r"pruning round 1 refused: removing 8 output channel\(s\) of layer 'conv2' "
                                             r"\(with head\) breaks the model: .*add 'conv2' to prune.protected"):
@@ -205,8 +207,9 @@ def test_cli_help_documents_the_prune_options():
 
     result = CliRunner().invoke(main, ["prune", "--help"])
     assert result.exit_code == 0
-    for option in ("target=macs|channels|params|latency|sparsity", "max_latency_ms", "importance=", "rounds=",
-                   "global_pruning", "protected=", "Example"):
+    for option in ('prune.target="macs"', "latency (p50 of the exported model), or sparsity", "prune.max_latency_ms=",
+                   "prune.importance=", "prune.rounds=", "prune.global_pruning=", "prune.protected=",
+                   "prune.alpha=0.5", "prune.finetune.epochs=4", "Example"):
         assert option in result.output, option
 
 

@@ -9,7 +9,7 @@ from compress.checkpoint import load_model, save_model
 from compress.data import DataConfig
 from compress.errors import CompressError
 from compress.train import TrainConfig, evaluate
-from compress.zoo import MLP, ModelSpec, ResNet
+from compress.zoo import MLP, ModelSpec, ResNet, build_model
 from stages.teacher import TeacherConfig, load_pretrained, pretrained_matches, pretrained_path, run
 
 DIGITS = DataConfig(source="digits")
@@ -87,8 +87,8 @@ def test_factory_with_a_state_dict_of_another_model(tmp_path, digits):
 
 
 @pytest.mark.parametrize("model,message", [
-    (MLP(784, 10), r"the teacher cannot take inputs of shape \(2, 1, 8, 8\)"),  # an mnist-shaped teacher
-    (MLP(64, 5), r"the teacher outputs shape \(2, 5\), expected \(batch, 10\)"),
+    (build_model(ModelSpec("mlp"), (1, 28, 28), 10), r"the teacher cannot take inputs of shape \(2, 1, 8, 8\)"),
+    (build_model(ModelSpec("mlp"), (1, 8, 8), 5), r"the teacher outputs shape \(2, 5\), expected \(batch, 10\)"),
 ])
 def test_teacher_file_that_does_not_fit_the_data(tmp_path, digits, model, message):
     path = tmp_path / "teacher.pt"
