@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from compress.errors import CompressError
+from compress.errors import OS_ERRORS, CompressError
 
 
 @contextlib.contextmanager
@@ -40,8 +40,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full_error(path: str | Path) -> CompressError:
-    return CompressError(f"no space left on the device while writing {path}: nothing was written there; free some "
-                         "space (or choose another --out) and run again (a pipeline or training continues with --resume)")
+    return CompressError(OS_ERRORS[errno.ENOSPC].format(file=path))
 
 
 def _umask() -> int:
