@@ -25,7 +25,7 @@ BenchmarkConfig = STAGES["benchmark"].config
 
 
 @dataclass
-class ShipConfig:
+class ShipChoiceConfig:
     """How the pipeline picks what to ship."""
 
     accuracy_budget: float = 1.0  # accuracy points below the teacher an artifact may lose and still ship
@@ -51,7 +51,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    ship: ShipConfig = field(default_factory=ShipConfig)
+    ship: ShipChoiceConfig = field(default_factory=ShipChoiceConfig)
     threads: int = 2  # PyTorch threads for training
 
     @classmethod

@@ -36,7 +36,7 @@ METRIC_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "p50_m
 
 
 @dataclass
-class ShipBundleConfig:
+class BundleConfig:
     """What goes into a bundle and how the ORT-format copy is made."""
 
     artifact: str | None = None  # artifact of the run to bundle; None = the one the pipeline chose to ship
@@ -59,7 +59,7 @@ class ShipBundleConfig:
             raise ValueError(f"threads must be >= 0 (0 = onnxruntime's default), got {self.threads}")
 
 
-def ship(cfg: ShipBundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -> dict:
+def ship(cfg: BundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -> dict:
     """Build, verify and write the bundle of ``run_dir`` into ``out_dir``; returns its model.json.
     An existing ``out_dir`` is replaced only with ``force`` (and only once the new bundle is verified)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -200,7 +200,7 @@ def _check_dataset(data: Dataset, spec: dict, source: Path) -> None:
                             "not 0..1, so they cannot be stored or read as 8-bit pixels")
 
 
-def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
+def convert_to_ort(onnx_path: Path, cfg: BundleConfig) -> tuple[str, str]:
     """onnxruntime's own converter: ``model.ort`` plus the required-operators config beside it."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -237,7 +237,7 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     return "model.ort", configs[0]
 
 
-def _session(path: Path, cfg: ShipBundleConfig) -> ort.InferenceSession:
+def _session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = cfg.threads
     options.inter_op_num_threads = 1

@@ -474,7 +474,7 @@ class QuantizationJob:
             reason = (f"{cfg.mode} mode: val drop {chosen['val_drop_points']:.2f} points "
                       f"({'within' if chosen['within_budget'] else 'OVER'} the {cfg.max_accuracy_drop:g}-point budget)")
             return chosen, decision, reason, []
-        latencies = measure_latency({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
+        latencies = interleaved_p50s({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
                                     self.data.val.x[:1], self.input_name, cfg)
         fp32_ms = latencies["fp32"]
         timings = [{"candidate": "fp32", "format": "fp32", "types": "float32", "p50_ms": fp32_ms, "speedup": 1.0,
@@ -543,7 +543,7 @@ def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
     return data.train.x[np.array(order[:count])]
 
 
-def measure_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
+def interleaved_p50s(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
     """p50 batch-1 latency (ms) of each model on ``cfg.provider``, timed by the shared harness in rounds that
     alternate between the models in one worker process, so that a slow spell of the machine hits them all alike."""
     feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}

@@ -3,6 +3,7 @@ torch nor compress, on bundles shipped from the quick pipeline run and from the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from compress.ship import ShipBundleConfig, preprocess_image, ship
+from compress.ship import BundleConfig, preprocess_image, ship
 
 APP = Path(__file__).resolve().parents[1] / "edge_demo" / "python" / "classify.py"
 
@@ -38,7 +39,7 @@ def bundle(quick_run, tmp_path_factory):
     """The quick run's int8 bundle: (folder, model.json)."""
     run_dir, _ = quick_run
     out = tmp_path_factory.mktemp("edge_python") / "bundle"
-    return out, ship(ShipBundleConfig(artifact="int8"), run_dir, out)
+    return out, ship(BundleConfig(artifact="int8"), run_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +47,17 @@ def default_bundle(default_run, tmp_path_factory):
     """The bundle `compress ship` makes of the default run (the artifact the pipeline chose): (folder, model.json)."""
     run_dir, _ = default_run
     out = tmp_path_factory.mktemp("edge_python_default") / "bundle"
-    return out, ship(ShipBundleConfig(), run_dir, out)
+    return out, ship(BundleConfig(), run_dir, out)
+
+
+# The edge virtualenv must see only what it installed, not a developer's PYTHONPATH pointing at compress.
+EDGE_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
 def run_app(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
     # From a folder outside the repository, so nothing of compress can be picked up by accident.
-    return subprocess.run([str(python), str(APP), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([str(python), str(APP), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env=EDGE_ENV)
 
 
 def spec_of(info: dict) -> dict:
@@ -60,9 +66,11 @@ def spec_of(info: dict) -> dict:
 
 def test_the_virtualenv_has_neither_torch_nor_compress(edge_python, tmp_path):
     for module in ("torch", "compress"):
-        result = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path)
+        result = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path,
+                                env=EDGE_ENV)
         assert result.returncode != 0, f"{module} is importable in the edge virtualenv"
-    assert subprocess.run([str(edge_python), "-c", "import onnxruntime, numpy, PIL"], cwd=tmp_path).returncode == 0
+    assert subprocess.run([str(edge_python), "-c", "import onnxruntime, numpy, PIL"], cwd=tmp_path,
+                          env=EDGE_ENV).returncode == 0
 
 
 @pytest.mark.parametrize("model_format", ["ort", "onnx"])

@@ -77,6 +77,7 @@ def test_an_unfinished_run_is_not_overwritten_either(run_copy):
         run_pipeline(PipelineConfig.quick(), run_copy)
 
 
+@pytest.mark.slow
 def test_force_reruns_every_stage(run_copy):
     before = _stage_files(run_copy)
     manifest = run_pipeline(PipelineConfig.quick(), run_copy, force=True)
