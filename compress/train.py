@@ -67,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
 
 
 @dataclass
