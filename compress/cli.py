@@ -464,6 +464,9 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     paths = {}
     for path in model_paths:
         paths[Path(path).stem if Path(path).stem not in paths else str(path)] = Path(path)
+    for option, target in (("--json", json_path), ("--markdown", markdown_path)):
+        if target and Path(target).is_dir():
+            raise CompressError(f"{option} {target} is a folder: give a file path (e.g. {Path(target) / 'benchmark.json'})")
     for target in (out_dir, json_path, markdown_path):
         if target:
             _refuse_existing(Path(target), force)

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,11 +237,11 @@ def _route_through(module: nn.Module, wrapper: DistributedDataParallel):
 
 
 @contextlib.contextmanager
-def output_dir(final_dir: Path) -> Iterator[Path]:
+def output_dir(final_dir: Path, owned: Iterable[str] | None = ()) -> Iterator[Path]:
     """Rank 0 builds ``final_dir`` in a staging folder swapped in on success; other ranks compute the same
     things into a throwaway folder, so only one process ever writes the artifacts."""
     if context().is_main:
-        with staging_dir(final_dir) as tmp:
+        with staging_dir(final_dir, owned) as tmp:
             yield tmp
     else:
         with tempfile.TemporaryDirectory(prefix="compress-rank-") as tmp:

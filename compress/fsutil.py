@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from compress.errors import OS_ERRORS, CompressError
@@ -26,9 +26,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in DISK_FULL:
+        if is_disk_full(exc):
             raise disk_full_error(path) from exc
         raise
     except BaseException:
@@ -59,26 +59,80 @@ def write_json(path: str | Path, data: object) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(final_dir: Path) -> Iterator[Path]:
+def staging_dir(final_dir: Path, owned: Iterable[str] | None = ()) -> Iterator[Path]:
     """Build a whole stage folder in a hidden sibling and swap it in at the end, so a stage that
-    fails or is killed leaves either the previous complete folder or nothing."""
+    fails or is killed leaves either the previous complete folder or nothing.
+
+    ``owned``: the files (relative to ``final_dir``) compress wrote there before, from its record. A
+    previous folder holding only those is replaced whole; one holding anything else keeps it: only
+    the owned files go, the new ones are moved in, and a new file that would replace someone else's
+    is refused before anything is touched."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
-    except OSError as exc:
+        foreign = foreign_files(final_dir, owned) if final_dir.exists() else []
+        if not foreign:
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            os.replace(tmp, final_dir)
+        else:
+            _merge_into(tmp, final_dir, set(owned or ()), foreign)
+    except (OSError, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno in DISK_FULL:
+        if is_disk_full(exc):
             raise disk_full_error(final_dir) from exc
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def foreign_files(folder: Path, owned: Iterable[str] | None) -> list[str]:
+    """Entries of ``folder`` (relative paths, files and empty folders) that compress did not write there."""
+    owned = set(owned or ())
+    entries = [p for p in Path(folder).rglob("*") if p.is_file() or p.is_symlink() or (p.is_dir() and not any(p.iterdir()))]
+    return sorted(rel for rel in (p.relative_to(folder).as_posix() for p in entries) if rel not in owned)
+
+
+def _merge_into(new: Path, final_dir: Path, owned: set[str], foreign: list[str]) -> None:
+    """Replace compress's own files in ``final_dir`` by those of ``new``, keeping everyone else's."""
+    incoming = sorted(p.relative_to(new).as_posix() for p in new.rglob("*") if p.is_file())
+    clash = sorted(set(incoming) & set(foreign))
+    if clash:
+        raise CompressError(f"{final_dir / clash[0]} was not written by compress and would be replaced: move it away, "
+                            "or choose another --out")
+    for rel in owned:
+        (final_dir / rel).unlink(missing_ok=True)
+    for rel in incoming:
+        target = final_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new / rel, target)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also as torch.save reports them: its zip writer raises RuntimeError('... unexpected pos ...')
+    when a write comes up short, which is what a full disk does."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "No space left on device" in text)
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """An --out folder must be a folder (or not exist yet) on a writable file system."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompressError(f"--out {out_dir} is a file, not a folder: give a folder path (or move the file away)")
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise CompressError(f"--out {out_dir}: {existing} is a file, not a folder: choose another --out")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise CompressError(f"--out {out_dir} is on a read-only file system: choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CompressError(f"--out {out_dir}: permission denied writing in {existing}: choose another --out")
 
 
 @contextlib.contextmanager

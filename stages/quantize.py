@@ -196,10 +196,17 @@ def report_paths(output: Path) -> tuple[Path, Path]:
 def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path) -> dict:
     """Quantize ``model_path`` into ``output`` as ``cfg`` asks; returns what was measured and decided."""
     model_path, output = Path(model_path).resolve(), Path(output).resolve()
-    load_onnx(model_path)
+    source = load_onnx(model_path)
+    if any(prop.key == "quantization" for prop in source.metadata_props):
+        raise CompressError(f"{model_path} is already quantized by compress quantize: quantize the fp32 model it was made "
+                            "from instead")
     provider = resolve_provider(cfg.provider)
     fp32_session = make_session(model_path, cfg.provider, cfg.threads)
     input_name = check_input(fp32_session, data.input_shape, f"dataset {data.name}")
+    classes = fp32_session.get_outputs()[0].shape[-1]
+    if isinstance(classes, int) and classes != data.num_classes:
+        raise CompressError(f"{model_path} outputs {classes} classes but dataset {data.name} has {data.num_classes}: "
+                            "calibrate and measure it on the data it was trained on (--data)")
     with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp, working_directory(Path(tmp)):
         work = QuantizationJob(cfg, model_path, data, input_name, Path(tmp))
         support = qa.cpu_int8_support()
