@@ -82,6 +82,9 @@ class FriendlyGroup(click.Group):
         debug = ctx.params.get("debug") or os.environ.get("COMPRESS_DEBUG", "") not in ("", "0")
         previous_term = signal.signal(signal.SIGTERM, _terminate)
         try:
+            from compress.fsutil import remove_stale_tempdirs
+
+            remove_stale_tempdirs()  # what a killed run left in the temporary folder
             result = super().invoke(ctx)
             finished = True
             return result
@@ -439,11 +442,10 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
       compress benchmark --list-providers
     """
     import shlex
-    import tempfile
 
     from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import write_text
+    from compress.fsutil import private_tempdir, write_text
     from compress.runner import data_identity, run_single_stage, run_stage
     from stages.benchmark import run, terminal_table
 
@@ -476,7 +478,7 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     def work(out: Path):
         return run(cfg.benchmark, paths, dataset, out, command=command)
 
-    with tempfile.TemporaryDirectory(prefix="compress-benchmark-") as tmp:
+    with private_tempdir("benchmark") as tmp:
         if out_dir:
             record = run_single_stage("benchmark", cfg.benchmark, identity, paths, work, Path(out_dir), False, force,
                                       to_dict(cfg))

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -157,24 +158,70 @@ def sha256(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Refuse a second process writing into the same run folder (O_EXCL lock file holding our pid)."""
+    """Refuse a second process writing into the same run folder (O_EXCL lock file holding our pid). A lock
+    whose process is gone, or is no compress process (its pid was reused), is stale and taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        owner = lock.read_text().strip() or "?"
-        if owner.isdigit() and not _pid_alive(int(owner)):
-            lock.unlink(missing_ok=True)  # left by a killed run
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        else:
-            raise CompressError(f"{run_dir} is in use by another compress process (pid {owner}); wait for it or use another --out") from None
+        owner = lock.read_text(errors="replace").strip()
+        if not owner.isdigit():
+            raise CompressError(f"{lock} holds no process id ({owner[:20]!r}): if no compress run is using {run_dir}, "
+                                f"delete {lock} and run again") from None
+        if is_compress_process(int(owner)):
+            raise CompressError(f"{run_dir} is in use by another compress process (pid {owner}); wait for it or use "
+                                f"another --out (if that process is not compress, delete {lock})") from None
+        lock.unlink(missing_ok=True)  # left by a killed run
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def is_compress_process(pid: int) -> bool:
+    """``pid`` is alive and runs compress (its command line names it). Where there is no /proc, alive is enough."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not Path("/proc/self/cmdline").exists():
+        return True
+    try:
+        args = cmdline.read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False  # it ended meanwhile
+    return any(re.search(r"\bcompress\b", arg) for arg in args)
+
+
+TEMP_PREFIX = re.compile(r"compress-[a-z]+-(\d+)-.+")  # private_tempdir's names: compress-KIND-PID-random
+
+
+def private_tempdir(kind: str) -> tempfile.TemporaryDirectory:
+    """A private temporary folder named after this process, so the next run can remove it if this one is killed."""
+    return tempfile.TemporaryDirectory(prefix=f"compress-{kind}-{os.getpid()}-")
+
+
+def remove_stale_tempdirs() -> list[Path]:
+    """Remove the private temporary folders of processes that are gone (killed, so never cleaned). A live pid
+    keeps its folders, whatever it runs: a reused pid leaves a folder behind, never takes a live one's."""
+    removed = []
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            match = TEMP_PREFIX.fullmatch(entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import onnxruntime as ort
 
 from compress.data import DataConfig, Dataset, load_dataset
 from compress.errors import CompressError
-from compress.fsutil import check_out_folder, sha256, staging_dir, working_directory, write_json
+from compress.fsutil import check_out_folder, private_tempdir, sha256, staging_dir, working_directory, write_json
 from compress.manifest import manifest_problem
 from compress.onnxutil import load_onnx, metadata
 
@@ -235,7 +234,7 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(log), tempfile.TemporaryDirectory(prefix="compress-ort-") as scratch, \
+        with contextlib.redirect_stdout(log), private_tempdir("ort") as scratch, \
                 working_directory(Path(scratch)):
             convert_onnx_models_to_ort(onnx_path, output_dir=folder, optimization_styles=[style],
                                        target_platform=cfg.target_platform, enable_type_reduction=cfg.type_reduction)

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from compress import quant_analysis as qa
 from compress.data import Dataset
 from compress.errors import CompressError
-from compress.fsutil import atomic_path, working_directory
+from compress.fsutil import atomic_path, private_tempdir, working_directory
 from compress.latency import Target, TimingRules, time_interleaved
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
@@ -207,7 +206,7 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
     if isinstance(classes, int) and classes != data.num_classes:
         raise CompressError(f"{model_path} outputs {classes} classes but dataset {data.name} has {data.num_classes}: "
                             "calibrate and measure it on the data it was trained on (--data)")
-    with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp, working_directory(Path(tmp)):
+    with private_tempdir("quantize") as tmp, working_directory(Path(tmp)):
         work = QuantizationJob(cfg, model_path, data, input_name, Path(tmp))
         support = qa.cpu_int8_support()
         stats = onnx_stats(work.source_model)
