@@ -16,13 +16,14 @@ from compress import distributed
 from compress.config import PipelineConfig, to_dict
 from compress.data import load_dataset
 from compress.errors import CompressError
-from compress.fsutil import check_out_folder, run_lock
+from compress.fsutil import check_out_folder, foreign_files, run_lock
 from compress.manifest import MANIFEST_VERSION, load_manifest, manifest_problem, new_manifest, save_manifest
 from compress.report import results_table, write_report
 from compress.runner import (
     data_identity,
     is_run_folder,
     output_paths,
+    owned_files,
     refuse_foreign_folder,
     remove_staging_leftovers,
     remove_temporary_files,
@@ -119,6 +120,13 @@ def _previous_stages(run_dir: Path, resume: bool, force: bool, was_run_folder: b
             if (run_dir / name).exists():
                 raise CompressError(f"{run_dir / name} was not written by compress and would be replaced: move it away, "
                                     "or choose another --out")
+    records = {} if previous is None or problem else previous["stages"]
+    for name in STAGES:  # a stage folder is compress's alone: anything else in it is refused before any training
+        foreign = foreign_files(run_dir / name, owned_files(records.get(name), run_dir / name, run_dir)) \
+            if (run_dir / name).is_dir() else []
+        if foreign:
+            raise CompressError(f"{run_dir / name} holds files compress did not write ({', '.join(foreign[:3])}): move "
+                                "them away, or choose another --out")
     if not resume:
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     if was_run_folder:
@@ -126,7 +134,7 @@ def _previous_stages(run_dir: Path, resume: bool, force: bool, was_run_folder: b
         for name in STAGES:
             remove_staging_leftovers(run_dir / name)
         remove_temporary_files(run_dir)
-    return {} if previous is None or problem else previous["stages"]
+    return records
 
 
 RUN_FILES = ("manifest.json", "report.md", "accuracy_vs_latency.png")  # what the pipeline writes beside the stage folders
