@@ -92,6 +92,9 @@ class FriendlyGroup(click.Group):
         debug = ctx.params.get("debug") or os.environ.get("COMPRESS_DEBUG", "") not in ("", "0")
         previous_term = signal.signal(signal.SIGTERM, _terminate)
         try:
+            from compress.fsutil import remove_stale_tempdirs
+
+            remove_stale_tempdirs()  # what a killed run left in the temporary folder
             result = super().invoke(ctx)
             finished = True
             return result
@@ -453,11 +456,10 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
       compress benchmark --list-providers
     """
     import shlex
-    import tempfile
 
     from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import write_text
+    from compress.fsutil import private_tempdir, write_text
     from compress.runner import data_identity, run_single_stage, run_stage
     from stages.benchmark import run, terminal_table
 
@@ -478,6 +480,9 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     paths = {}
     for path in model_paths:
         paths[Path(path).stem if Path(path).stem not in paths else str(path)] = Path(path)
+    for option, target in (("--json", json_path), ("--markdown", markdown_path)):
+        if target and Path(target).is_dir():
+            raise CompressError(f"{option} {target} is a folder: give a file path (e.g. {Path(target) / 'benchmark.json'})")
     for target in (out_dir, json_path, markdown_path):
         if target:
             _refuse_existing(Path(target), force)
@@ -487,7 +492,7 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     def work(out: Path):
         return run(cfg.benchmark, paths, dataset, out, command=command)
 
-    with tempfile.TemporaryDirectory(prefix="compress-benchmark-") as tmp:
+    with private_tempdir("benchmark") as tmp:
         if out_dir:
             record = run_single_stage("benchmark", cfg.benchmark, identity, paths, work, Path(out_dir), False, force,
                                       to_dict(cfg))

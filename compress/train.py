@@ -75,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
 
 
 def resolve_device(name: str, precision: str = "fp32") -> torch.device:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from compress.data import Dataset
 from compress.errors import CompressError
-from compress.fsutil import atomic_path, write_json, write_text
+from compress.fsutil import atomic_path, private_tempdir, write_json, write_text
 from compress.latency import Target, TimingRules, cold_start, latency_summary, ratio_over_rounds, time_interleaved, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
@@ -435,7 +434,7 @@ def _no_transfer_reason(provider: str) -> str:
 def profile_operators(path: Path, feed: dict, cfg: BenchmarkConfig, out_dir: Path | None, name: str) -> dict:
     """onnxruntime's profiler over ``cfg.profile_runs`` runs in a separate session (profiling slows runs,
     so it never touches the timed session): kernel time per operator type and per node."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with private_tempdir("benchmark") as tmp:
         session = _session(path, cfg, profile_prefix=str(Path(tmp) / "profile"))
         for _ in range(PROFILE_WARMUP_RUNS + cfg.profile_runs):
             session.run(None, feed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from compress.checkpoint import load_model, save_model
 from compress.data import Dataset, batches
 from compress.distillation import distill, distillation_loss
 from compress.errors import CompressError
-from compress.fsutil import write_json, write_text
+from compress.fsutil import private_tempdir, write_json, write_text
 from compress.latency import Target, TimingRules, latency_summary, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import model_stats
@@ -125,7 +124,7 @@ def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path)
         raise CompressError(f"{model_path} is TorchScript, which cannot be pruned: give a model saved by compress "
                             "(or a factory and state_dict)")
     protected = protected_layers(model, cfg)
-    with tempfile.TemporaryDirectory(prefix="prune-") as tmp:
+    with private_tempdir("prune") as tmp:
         work = Path(tmp)
         before_onnx = work / "before.onnx"
         verification = verify(model, data, before_onnx, cfg, "the unpruned model")
@@ -462,7 +461,7 @@ def verify_step(model: nn.Module, candidate: nn.Module, records: list[GroupRecor
     try:
         return verify(candidate, data, onnx_path, cfg, f"the model after pruning {label}")
     except CompressError as exc:
-        with tempfile.TemporaryDirectory(prefix="prune-replay-") as tmp:
+        with private_tempdir("prunereplay") as tmp:
             probe = Path(tmp) / "probe.onnx"
             found = find_breaking_group(model, data.input_shape, records,
                                         lambda m: verify(m, data, probe, cfg, "the partly pruned model"))

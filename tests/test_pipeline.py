@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,8 @@ def test_force_reruns_every_stage(run_copy):
 
 
 def test_the_lock_refuses_a_concurrent_run(run_copy):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A live compress process holds the lock (a live process that is not compress would not: its lock is stale).
+    other = subprocess.Popen([sys.executable, "-c", "import compress, time; time.sleep(60)"], cwd=Path(__file__).parents[1])
     try:
         (run_copy / ".lock").write_text(str(other.pid))
         with pytest.raises(CompressError, match=rf"is in use by another compress process \(pid {other.pid}\)"):

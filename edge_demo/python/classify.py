@@ -66,6 +66,8 @@ class Bundle:
                 image = img.convert("L" if self.channels == 1 else "RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise BundleError(f"cannot read image {path}: {exc}") from exc
+        except Image.DecompressionBombError as exc:
+            raise BundleError(f"image {path} is too large to decode safely ({exc}): resize it") from exc
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
@@ -92,12 +94,61 @@ def read_model_json(folder: Path) -> dict:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}): re-create the bundle with compress ship") from exc
-    missing = [key for key in ("format", "files", "models", "input", "preprocessing", "classes")
-               if not isinstance(info, dict) or key not in info]
+    if not isinstance(info, dict):
+        raise BundleError(f"{path} holds a JSON {type(info).__name__}, not an object: re-create the bundle with compress ship")
+    missing = [key for key in ("format", "files", "models", "input", "preprocessing", "classes") if key not in info]
     if missing or info.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a compress bundle description (missing {', '.join(missing) or 'format'}): "
                           "re-create the bundle with compress ship")
+    problem = model_json_problem(folder, info)
+    if problem:
+        raise BundleError(f"{path} is damaged: {problem}; re-create the bundle with compress ship")
     return info
+
+
+def model_json_problem(folder: Path, info: dict) -> str | None:
+    """What is wrong with model.json's fields (None when every field this app reads has the right shape)."""
+    files = info["files"]
+    if not isinstance(files, dict) or not all(isinstance(r, dict) and isinstance(r.get("sha256"), str) for r in files.values()):
+        return "'files' must map each file name to its sha256"
+    outside = [name for name in files if not inside(folder, name)]
+    if outside:
+        return f"file {outside[0]!r} lies outside the bundle folder"
+    models = info["models"]
+    if not isinstance(models, dict) or not all(isinstance(models.get(key), str) for key in ("onnx", "ort")):
+        return "'models' must name the onnx and ort files"
+    for key in ("onnx", "ort"):
+        if not inside(folder, models[key]):
+            return f"the {key} model {models[key]!r} lies outside the bundle folder"
+    shape = info["input"]
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] >= 1 for k in ("channels", "height", "width")):
+        return "'input' must give channels, height and width as positive integers"
+    pre = info["preprocessing"]
+    for key in ("mean", "std"):
+        values = pre.get(key) if isinstance(pre, dict) else None
+        if not isinstance(values, list) or len(values) != shape["channels"] or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return f"preprocessing {key} must be {shape['channels']} number(s), one per input channel"
+    if not all(v > 0 for v in pre["std"]):
+        return "preprocessing std must be positive"
+    if not isinstance(info["classes"], list) or not info["classes"]:
+        return "'classes' must be a non-empty list"
+    samples = info.get("samples", [])
+    if not isinstance(samples, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) and "label" in s
+                                                for s in samples):
+        return "'samples' must be a list of {file, label}"
+    outside = [s["file"] for s in samples if not inside(folder, s["file"])]
+    if outside:
+        return f"sample {outside[0]!r} lies outside the bundle folder"
+    return None
+
+
+def inside(folder: Path, name: str) -> bool:
+    """A relative file name that stays inside ``folder`` (no absolute path, no .., no symlink out of it)."""
+    if not name or Path(name).is_absolute():
+        return False
+    root = folder.resolve()
+    return (root / name).resolve().is_relative_to(root)
 
 
 def check_files(folder: Path, info: dict) -> None:
