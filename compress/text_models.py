@@ -383,7 +383,8 @@ def distill_text(student: TextClassifier, teacher: TextClassifier | None, data: 
     for param in teacher.parameters():
         param.requires_grad_(False)
     intermediate = hidden_weight > 0 or attention_weight > 0
-    s_layers, t_layers = len(student.layers()), len(teacher.layers())
+    s_layers = student.hf.config.num_hidden_layers
+    t_layers = teacher.hf.config.num_hidden_layers
     # student layer i imitates the last teacher layer of its block (TinyBERT's uniform mapping)
     mapping = [(i + 1) * t_layers // s_layers - 1 for i in range(s_layers)]
     s_hidden, t_hidden = student.hf.config.hidden_size, teacher.hf.config.hidden_size

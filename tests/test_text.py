@@ -267,3 +267,37 @@ def test_teacher_with_mlm_pretraining_runs(topics):
     losses = pretrain_mlm(model, topics, epochs=2, lr=1e-3)
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert not torch.equal(before, model.state_dict()["hf.bert.encoder.layer.0.attention.self.query.weight"])
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta"])
+def test_other_families_load_shrink_prune_and_round_trip(tmp_path, topics, family):
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    vocab = len(json.loads(topics.tokenizer_json)["model"]["vocab"])
+    torch.manual_seed(0)
+    if family == "distilbert":
+        hf_model = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64, num_labels=3, max_position_embeddings=64))
+    else:
+        hf_model = RobertaForSequenceClassification(RobertaConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            num_labels=3, max_position_embeddings=64))
+    hf_model.eval().save_pretrained(tmp_path / "teacher")
+    model = load_hf_classifier(tmp_path / "teacher")
+    assert model.input_names[-1] == ("attention_mask" if family == "distilbert" else "token_type_ids")
+    x = torch.from_numpy(topics.test.x[:4])
+    with torch.no_grad():
+        assert torch.allclose(model(x), hf_model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits, atol=1e-5)
+    student, note = make_student(model)
+    assert len(student.layers()) == 1 and "teacher layers [0]" in note
+    result = prune_heads(model, 0.5, topics, ffn_amount=0.25)
+    assert sum(result.heads_after) == 4 and result.ffn_after == [48, 48]
+    save_model(model, tmp_path / "pruned.safetensors")
+    loaded = load_model(tmp_path / "pruned.safetensors")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
