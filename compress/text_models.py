@@ -178,10 +178,29 @@ def load_hf_classifier(path: str | Path) -> TextClassifier:
     return _wrap(hf_model)
 
 
-def teacher_tokenizer(path: str | Path) -> Path | None:
-    """The tokenizer.json a teacher folder brings, if any."""
+def teacher_tokenizer(path: str | Path) -> Path:
+    """The tokenizer.json a teacher folder brings: the teacher only understands the token ids it was trained on."""
     candidate = Path(path) / "tokenizer.json"
-    return candidate if candidate.is_file() else None
+    if not candidate.is_file():
+        raise CompressError(f"teacher folder {path} has no tokenizer.json: save the teacher's (fast) tokenizer there "
+                            "with tokenizer.save_pretrained(DIR)")
+    return candidate
+
+
+def check_inputs(model: TextClassifier, data: Dataset) -> None:
+    """Refuse a dataset whose token ids, sequence length or class count the model cannot take."""
+    config = model.hf.config
+    largest = int(data.train.x[:, 0].max(initial=0))
+    if largest >= config.vocab_size:
+        raise CompressError(f"the data has token id {largest} but the model's vocabulary has {config.vocab_size} tokens: "
+                            "encode the data with the model's own tokenizer (data.tokenizer = DIR/tokenizer.json)")
+    length = data.train.x.shape[-1]
+    if length > getattr(config, "max_position_embeddings", length):
+        raise CompressError(f"data.max_length {length} exceeds the model's {config.max_position_embeddings} positions: "
+                            "lower data.max_length")
+    if config.num_labels != data.num_classes:
+        raise CompressError(f"the model has {config.num_labels} classes but the data {data.num_classes} "
+                            f"({', '.join(data.class_names[:6])}): give a classifier trained on these classes")
 
 
 def bert_config(data: Dataset, shape: BertShape):

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,7 +80,7 @@ def gates(model: TextClassifier, head_gates: dict[int, torch.Tensor],
 def importance(model: TextClassifier, data: Dataset, samples: int = 256, batch_size: int = 32,
                teacher: TextClassifier | None = None, temperature: float = 4.0,
                alpha: float = 0.9) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(head importance per layer, FFN neuron importance per layer) on the first ``samples`` train samples."""
+    """(head importance per layer, FFN neuron importance per layer) on ``samples`` train samples."""
     from compress.distillation import distillation_loss
 
     counts, sizes = head_counts(model), ffn_sizes(model)
@@ -92,7 +93,9 @@ def importance(model: TextClassifier, data: Dataset, samples: int = 256, batch_s
     params = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    x_all, y_all = data.train.x[:samples], data.train.y[:samples]
+    # a fixed random subset: the train split is ordered by class, its first samples would all be one class
+    chosen = np.sort(np.random.default_rng(0).permutation(len(data.train))[:samples])
+    x_all, y_all = data.train.x[chosen], data.train.y[chosen]
     try:
         with gates(model, head_gates, neuron_gates):
             for start in range(0, len(y_all), batch_size):

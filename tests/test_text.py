@@ -301,3 +301,20 @@ def test_other_families_load_shrink_prune_and_round_trip(tmp_path, topics, famil
     loaded = load_model(tmp_path / "pruned.safetensors")
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_teacher_folder_checks(tmp_path, topics):
+    from compress.text_models import check_inputs, teacher_tokenizer
+
+    with pytest.raises(CompressError, match="has no tokenizer.json"):
+        teacher_tokenizer(tmp_path)
+    vocab = len(json.loads(topics.tokenizer_json)["model"]["vocab"])
+    model = build_teacher(topics, BertShape(layers=1, hidden=16, heads=2, intermediate=32))
+    check_inputs(model, topics)
+    small = build_teacher(topics, BertShape(layers=1, hidden=16, heads=2, intermediate=32))
+    small.hf.config.vocab_size = int(topics.train.x[:, 0].max())
+    with pytest.raises(CompressError, match="encode the data with the model's own tokenizer"):
+        check_inputs(small, topics)
+    small.hf.config.vocab_size, small.hf.config.num_labels = vocab, 7
+    with pytest.raises(CompressError, match="the model has 7 classes but the data 3"):
+        check_inputs(small, topics)
