@@ -125,7 +125,8 @@ def _read_text_folder(root: Path) -> tuple[list[str], list[str]]:
             raise CompressError(f"class folder {class_dir} is empty: add .txt files or remove the folder")
         for file in files:
             if file.suffix.lower() != ".txt":
-                raise CompressError(f"{file} is not a .txt file: a text folder holds only .txt files, one text each")
+                raise CompressError(f"{file} is not a .txt file: {root} holds .txt files, so it is read as text, one "
+                                    "text per .txt file in one subfolder per class; remove the other files")
             texts.append(_read_utf8(file))
             labels.append(class_dir.name)
     return texts, labels

