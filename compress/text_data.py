@@ -320,6 +320,13 @@ def tokenizer_of(data: Dataset):
     return Tokenizer.from_str(data.tokenizer_json)
 
 
+def save_tokenizer(data: Dataset, path: str | Path) -> None:
+    """Write the dataset's tokenizer (truncation and padding included) as a tokenizer.json, atomically."""
+    from compress.fsutil import write_text
+
+    write_text(path, data.tokenizer_json)
+
+
 def text_preprocessing(data: Dataset) -> dict:
     """What an app must do to a raw text (for the manifest and ONNX metadata)."""
     tokenizer = json.loads(data.tokenizer_json) if data.tokenizer_json else {}

@@ -14,7 +14,15 @@ pytest.importorskip("tokenizers")
 from compress.checkpoint import load_model, safetensors_metadata, save_model  # noqa: E402
 from compress.data import DataConfig, load_dataset, stratified_split  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
-from compress.text_data import encode_texts, is_text_source, tfidf_baseline, train_tokenizer  # noqa: E402
+from compress.text_data import (  # noqa: E402
+    encode_texts,
+    is_text_source,
+    load_tokenizer,
+    save_tokenizer,
+    tfidf_baseline,
+    tokenizer_of,
+    train_tokenizer,
+)
 from compress.text_models import (  # noqa: E402
     BertShape,
     build_teacher,
@@ -76,7 +84,7 @@ def test_tokenizer_is_deterministic_and_round_trips():
     assert pair.type_ids == [0, 0, 0, 1, 1]
 
 
-def test_csv_source_is_split_stratified_and_encoded(topics):
+def test_csv_source_is_split_stratified_and_encoded(tmp_path, topics):
     assert topics.kind == "text" and topics.class_names == ["finance", "music", "sport"]
     assert topics.train.x.shape[1:] == (3, 16) and topics.train.x.dtype == np.int64
     assert len(topics.train) + len(topics.val) + len(topics.test) == 120
@@ -90,6 +98,10 @@ def test_csv_source_is_split_stratified_and_encoded(topics):
     pre = topics.preprocessing()
     assert pre["max_length"] == 16 and pre["padding"]["pad_token"] == "[PAD]" and pre["truncation"]["max_length"] == 16
     assert len(pre["tokenizer_sha256"]) == 64
+    save_tokenizer(topics, tmp_path / "tokenizer.json")
+    saved = load_tokenizer(tmp_path).encode("bank goal")  # the bundle's tokenizer pads and truncates as the pipeline did
+    assert len(saved.ids) == 16 and saved.ids == encode_texts(topics, ["bank goal"])[0, 0].tolist()
+    assert saved.ids == tokenizer_of(topics).encode("bank goal").ids
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
