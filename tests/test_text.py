@@ -338,3 +338,14 @@ def test_teacher_folder_checks(tmp_path, topics):
     small.hf.config.vocab_size, small.hf.config.num_labels = vocab, 7
     with pytest.raises(CompressError, match="the model has 7 classes but the data 3"):
         check_inputs(small, topics)
+
+
+def test_missing_text_extra_is_one_line(monkeypatch):
+    import importlib.util
+
+    from compress import text_data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tokenizers" else real(name, *a))
+    with pytest.raises(CompressError, match=r"need the tokenizers package: pip install -e '.\[text\]'"):
+        text_data.load_text_dataset(DataConfig(source="bbc-news"))
