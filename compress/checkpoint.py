@@ -1,7 +1,8 @@
 """Checkpoints that carry no code: an architecture spec plus a safetensors state_dict.
 
 A model compress builds carries its spec (``model.compress_spec``: a zoo architecture with its input
-shape and class count, or the user's ``package.module:function`` factory). ``save_model`` writes one
+shape and class count, the user's ``package.module:function`` factory, or a Hugging Face text
+classifier's config). ``save_model`` writes one
 ``.safetensors`` file holding the weights and, in its header, the spec and the model's *structure*:
 every module attribute and tensor shape that differs from a freshly built model of that spec (what
 structured pruning changed: channel counts, head counts, removed blocks). ``load_model`` rebuilds the
@@ -125,6 +126,10 @@ def build_from_spec(spec: dict) -> nn.Module:
         return zoo.build_model(zoo.ModelSpec(**spec["model"]), tuple(spec["input_shape"]), spec["num_classes"])
     if builder == "factory":
         return zoo.call_factory(spec["factory"])
+    if builder == "hf":  # a Hugging Face sequence classifier: its config dict (see compress.text_models)
+        from compress.text_models import build_classifier
+
+        return build_classifier(spec["config"])
     raise CompressError(f"unknown model builder {builder!r} in a checkpoint: it was made by another version of compress; "
                         "re-run the stage that made it")
 

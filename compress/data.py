@@ -30,6 +30,12 @@ class DataConfig:
     image_size: int | None = None  # resize folder images to this square size (needed when sizes are mixed)
     image_mode: str = ""  # folder images: "" keeps their one kind (mixed grayscale and colour is refused), "L" or "RGB" converts all
     normalize: bool = True  # subtract the train-split mean and divide by its std, per channel
+    # Text sources (bbc-news, .csv/.tsv/.jsonl files, folders of .txt files); see compress.text_data.
+    text_column: str = "text"  # .csv/.tsv/.jsonl: the column holding the text
+    label_column: str = "label"  # .csv/.tsv/.jsonl: the column holding the class name
+    max_length: int = 128  # tokens per sample incl. [CLS]/[SEP]: longer texts are truncated, shorter ones padded
+    vocab_size: int = 8000  # WordPiece vocabulary trained on the train split when no tokenizer is given
+    tokenizer: str = ""  # a tokenizer.json to use instead of training one (a teacher folder brings its own)
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -42,12 +48,17 @@ class DataConfig:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"data.image_mode must be one of {', '.join(map(repr, IMAGE_MODES))}, got {self.image_mode!r}")
+        if self.max_length < 8:
+            raise ValueError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
+        if self.vocab_size < 100:
+            raise ValueError(f"data.vocab_size must be at least 100, got {self.vocab_size}")
 
 
 @dataclass
 class Split:
-    x: np.ndarray  # float32, normalized
+    x: np.ndarray  # float32, normalized; text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
     y: np.ndarray  # int64 class indices
+    texts: list[str] = field(default_factory=list)  # text datasets: the raw texts x was encoded from
 
     def __len__(self) -> int:
         return len(self.y)
@@ -64,6 +75,8 @@ class Dataset:
     std: list[float] = field(default_factory=list)
     pixel_scale: float = 1.0  # raw values were divided by this before normalization (255 for 8-bit images)
     config: DataConfig | None = None  # what it was loaded from: the split's identity
+    kind: str = "image"  # "image" (images or feature rows) or "text" (token ids, see compress.text_data)
+    tokenizer_json: str = ""  # text: the tokenizer that encoded x, serialized (tokenizers' Tokenizer.to_str())
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -75,6 +88,10 @@ class Dataset:
 
     def preprocessing(self) -> dict:
         """What an app must do to a raw sample before the model sees it (stored in ONNX metadata)."""
+        if self.kind == "text":
+            from compress.text_data import text_preprocessing
+
+            return text_preprocessing(self)
         return {
             "layout": "NCHW" if len(self.input_shape) == 3 else "ND",
             "input_shape": list(self.input_shape),
@@ -86,6 +103,10 @@ class Dataset:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
+    from compress import text_data
+
+    if text_data.is_text_source(cfg.source):
+        return text_data.load_text_dataset(cfg)
     x, y, class_names, pixel_scale, name = _load_raw(cfg)
     x = x.astype(np.float32) / np.float32(pixel_scale)
     _check_arrays(x, y, class_names, name)
@@ -146,7 +167,8 @@ def _load_raw(cfg: DataConfig):
         raise CompressError(unsupported_file_message(path))
     if path.suffix == ".npz" or "/" in source or path.exists():
         raise CompressError(f"dataset not found: {source} (give an existing image folder or .npz file)")
-    raise CompressError(f"unknown dataset {source!r}: use one of {', '.join(BUILTIN_DATASETS)}, an image folder or an .npz file")
+    raise CompressError(f"unknown dataset {source!r}: use one of {', '.join(BUILTIN_DATASETS)}, bbc-news (text), an image "
+                        "folder, an .npz file, a .csv/.tsv/.jsonl text file or a folder of .txt files")
 
 
 TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".txt"}

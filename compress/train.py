@@ -36,7 +36,7 @@ from compress.errors import CompressError
 from compress.fsutil import atomic_path
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "linear")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision
 CHECKPOINT_FORMAT = 2  # 2: the best epoch is chosen on validation accuracy, then loss
 
@@ -50,7 +50,7 @@ class TrainConfig:
     lr: float = 0.05  # peak learning rate
     optimizer: str = "sgd"  # sgd (momentum 0.9, Nesterov) or adamw
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
-    schedule: str = "cosine"  # cosine (with one warm-up epoch), step (x0.1 at 50% and 75%), or constant
+    schedule: str = "cosine"  # cosine (with one warm-up epoch), step (x0.1 at 50% and 75%), constant, or linear (BERT's: 10% warm-up, then down to 0)
     augment: bool = True  # random shifts (up to 7% of the side: 2 px on 28x28) and rotations (up to 10 degrees)
     grad_clip: float = 5.0  # max gradient L2 norm; 0 disables clipping
     seed: int = 0  # seed for init, shuffling and augmentation
@@ -483,6 +483,13 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epo
             if step < warmup:
                 return (step + 1) / warmup
             return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    elif cfg.schedule == "linear":
+        warmup = max(1, total // 10)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
     elif cfg.schedule == "step":
         def factor(step: int) -> float:
             return 0.1 ** ((step >= total * 0.5) + (step >= total * 0.75))

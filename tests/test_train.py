@@ -1,6 +1,8 @@
 """The training loop's choice of the epoch it hands back."""
 from __future__ import annotations
 
+import pytest
+import torch
 import torch.nn.functional as F
 
 from compress import train
@@ -30,3 +32,18 @@ def test_fit_restores_the_lowest_loss_epoch_among_equally_accurate_ones(digits, 
     result = fit(model, digits, TrainConfig(epochs=4, optimizer="adamw", lr=0.003), loss_fn, "mlp")
     assert result.best_epoch == 3 and result.best_val_accuracy == 0.95
     assert [h["val_loss"] for h in result.history] == [0.5, 0.4, 0.3, 0.35]
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    from compress.train import _scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1.0)
+    scheduler = _scheduler(optimizer, TrainConfig(epochs=2, lr=1.0, optimizer="adamw", schedule="linear"), steps_per_epoch=50)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)  # 10% warm-up
+    assert rates[10] > rates[50] > rates[99] > 0 and rates[99] < 0.02
