@@ -8,7 +8,9 @@ A model here is any torch module whose ``forward`` takes some of ``input_ids``, 
 dicts of such arrays, as ``encode_texts`` makes them."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import shutil
 import tempfile
@@ -267,8 +269,9 @@ def optimize_text_model(source: Path, output: Path, num_heads: int, hidden_size:
         level = logger.level
         logger.setLevel(logging.ERROR)
         try:
-            optimized = optimize_model(str(Path(source).resolve()), model_type="bert", num_heads=num_heads,
-                                       hidden_size=hidden_size)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints notes about embedding table sizes
+                optimized = optimize_model(str(Path(source).resolve()), model_type="bert", num_heads=num_heads,
+                                           hidden_size=hidden_size)
         except Exception as exc:
             raise CompressError(f"onnxruntime's transformer optimizer failed on {source}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
@@ -403,8 +406,6 @@ def _with_inferred_types(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _build(name: str, source: Path, output: Path, calibration: dict, names: list[str], cfg: TextQuantizeConfig) -> None:
-    import contextlib
-    import io
     import logging
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static

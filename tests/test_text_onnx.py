@@ -186,8 +186,8 @@ def test_error_cases(text, tmp_path):
     without = {k: v for k, v in text["test"].items() if k != "token_type_ids"}
     with pytest.raises(CompressError, match="has no token_type_ids"):
         export_text_model(text["model"], tmp_path / "m.onnx", without, TextExportConfig(), LABELS, MAX_LENGTH)
-    with pytest.raises(CompressError, match="longer than the 256 positions"):
-        text_latency(text["path"], text["test"], seq_lengths=(512,), rules=FAST)
+    with pytest.raises(CompressError, match="longer than the 128 positions"):
+        text_latency(text["path"], text["test"], seq_lengths=(200,), rules=FAST)
     with pytest.raises(ValueError, match="not a text candidate"):
         TextQuantizeConfig(candidates=["int3"])
     with pytest.raises(ValueError, match="int4_block_size must be a power of 2"):

@@ -74,12 +74,12 @@ def tiny_bert(vocab_size: int, attention: str = "eager", layers: int = 2, hidden
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=256, num_labels=len(LABELS))
+                        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=len(LABELS))
     config._attn_implementation = attention
     return TextClassifier(BertForSequenceClassification(config)).eval()
 
 
-def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int = 6, seed: int = 0) -> torch.nn.Module:
+def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int = 3, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     names = ("input_ids", "attention_mask", "token_type_ids")
