@@ -217,6 +217,27 @@ def test_javascript_tokenizer_gives_the_tokenizers_ids(browser, site, shipped):
     assert len(browser.execute_script("return window.edgeDemo.tokenize(arguments[0])", TRICKY[3])["inputIds"]) == MAX_LENGTH
 
 
+MULTILINGUAL = ["Crème brûlée, naïve café, Ångström, São Paulo, Zürich", "ΣΑΣ σας Ελληνικά ΟΔΟΣ", "İstanbul Straße",
+                "中文字符 日本語 한국어", "Ωmega ﬁ ligature ½ ² №", "don't stop-believing!!! (really?) ¿Qué? «quote» …"]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, True), (True, False), (False, None)])
+def test_javascript_tokenizer_with_a_rich_vocabulary(browser, site, lowercase, strip_accents):
+    """Every character in the vocabulary, so normalization differences (accents, case, final sigma) show."""
+    state, text = open_page(browser, site, "bundle=text/&bench=5")
+    assert state == "ready", text
+    tokenizer = train_tokenizer(MULTILINGUAL * 3 + TRICKY * 3 + corpus(100, seed=3)[0], vocab_size=600,
+                                lowercase=lowercase, strip_accents=strip_accents)
+    for sample in MULTILINGUAL + TRICKY:
+        expected = encode_texts(tokenizer, [sample], 64)["input_ids"][0].tolist()
+        got = browser.execute_script(
+            "const t = new window.edgeDemo.WordPieceTokenizer(JSON.parse(arguments[0]));"
+            "return t.encode(arguments[1], {maxLength: 64});", tokenizer.to_str(), sample)
+        assert got["inputIds"] == expected, (sample, got["tokens"], tokenizer.encode(sample).tokens)
+        assert got["inputIds"].count(tokenizer.token_to_id("[UNK]")) < len(expected) - 2 or len(expected) <= 3
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("model_format", ["ort", "onnx"])
 def test_page_classifies_like_onnx(browser, site, shipped, model_format):

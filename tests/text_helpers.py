@@ -30,12 +30,12 @@ def corpus(count: int, seed: int) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 200):
+def train_tokenizer(texts: list[str], vocab_size: int = 200, lowercase: bool = True, strip_accents: bool | None = True):
     """BERT-style WordPiece: lowercase + accent strip, punctuation split, [CLS] x [SEP] post-processor."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))

@@ -537,6 +537,7 @@ async function textMain() {
   $("#footer").textContent = `onnxruntime-web ${ort.env.versions.web} (WebAssembly, ${THREADS} thread${THREADS > 1 ? "s" : ""}); ` +
     `tokenizer: wordpiece.js reading the bundle's tokenizer.json`;
   state.tokenize = (text) => encodeText(text);
+  state.WordPieceTokenizer = WordPieceTokenizer;  // for tests of other tokenizer.json files
   state.classifyText = (text) => predictText(text, "api");
   setUpTextBox();
   await textSelfTest();
