@@ -579,6 +579,8 @@ def _param_count(model: onnx.ModelProto, initializers: dict) -> int:
     for name, init in initializers.items():
         if name in quant_params or init.data_type == onnx.TensorProto.INT64 or not init.dims:
             continue
+        if len(init.dims) == 1 and name.endswith(("_scale", "_zero_point")):
+            continue  # per-channel scales the dynamic quantizer applies through a Mul after MatMulInteger
         total += packed.get(name, int(np.prod(init.dims)))
     return total
 

@@ -79,7 +79,7 @@ def tiny_bert(vocab_size: int, attention: str = "eager", layers: int = 2, hidden
     return TextClassifier(BertForSequenceClassification(config)).eval()
 
 
-def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int = 3, seed: int = 0) -> torch.nn.Module:
+def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int = 4, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     names = ("input_ids", "attention_mask", "token_type_ids")
