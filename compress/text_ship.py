@@ -16,14 +16,14 @@ import onnxruntime as ort
 from compress.errors import CompressError
 from compress.fsutil import sha256, staging_dir, write_json
 from compress.onnxutil import load_onnx, metadata
-from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, ShipBundleConfig, convert_to_ort
+from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, convert_to_ort
 from compress.text_onnx import copy_tokenizer, encode_texts, load_tokenizer, onnx_logits
 
 TASK = "text-classification"
 
 
 def ship_text_bundle(model_path: Path, tokenizer_path: Path, out_dir: Path, texts: list[str],
-                     labels: list[int] | np.ndarray | None = None, cfg: ShipBundleConfig = ShipBundleConfig(),
+                     labels: list[int] | np.ndarray | None = None, cfg: BundleConfig = BundleConfig(),
                      artifact: str = "int8", metrics: dict | None = None, force: bool = False) -> dict:
     """Build, verify and write the bundle of a text ONNX model (from compress.text_onnx) into ``out_dir``;
     ``texts`` (with their ``labels`` when known) verify the .ort copy and give the known samples."""
@@ -140,7 +140,7 @@ def _samples(texts: list[str], labels, onnx_out: np.ndarray, ort_out: np.ndarray
              "probability": round(float(probs[i].max()), 6)} for i in chosen[:count]]
 
 
-def _session(path: Path, cfg: ShipBundleConfig) -> ort.InferenceSession:
+def _session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = cfg.threads
     options.inter_op_num_threads = 1

@@ -18,7 +18,7 @@ import pytest
 from compress.errors import CompressError
 from compress.fsutil import sha256
 from compress.onnxutil import make_session
-from compress.ship import ShipBundleConfig
+from compress.ship import BundleConfig
 from compress.text_onnx import (
     TextExportConfig,
     TextQuantizeConfig,
@@ -64,7 +64,7 @@ def shipped(tmp_path_factory):
     int8 = build_text_candidates(root / "fp32.onnx", samples, root, TextQuantizeConfig(candidates=["dynamic_int8"]))
     bundle = root / "bundle"
     info = ship_text_bundle(int8["dynamic_int8"], root / "tokenizer.json", bundle, test_texts, test_labels,
-                            ShipBundleConfig(samples=6), metrics={"accuracy": 1.0})
+                            BundleConfig(samples=6), metrics={"accuracy": 1.0})
     return {"root": root, "bundle": bundle, "info": info, "texts": test_texts, "labels": test_labels,
             "tokenizer": tokenizer}
 
