@@ -210,6 +210,9 @@ def _load_image_folder(root: Path, image_size: int | None, image_mode: str = "")
                     image = img.copy()
             except (UnidentifiedImageError, OSError, SyntaxError) as exc:
                 raise CompressError(f"cannot read image {file}: {exc}; remove or replace it") from exc
+            except Image.DecompressionBombError as exc:
+                raise CompressError(f"image {file} is too large to decode safely ({exc}): resize it, or remove it "
+                                    "from the data") from exc
             modes[image.mode] += 1
             sizes[image.size] += 1
             images.append((file, image))
