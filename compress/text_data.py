@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import hashlib
 import heapq
+import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -157,7 +158,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
             rows.append(row)
         columns = sorted({key for row in rows for key in row})
     else:
-        reader = csv.DictReader(content.splitlines(), delimiter=TEXT_FILE_SUFFIXES[path.suffix.lower()])
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=TEXT_FILE_SUFFIXES[path.suffix.lower()])
         try:
             rows = list(reader)
         except csv.Error as exc:

@@ -107,6 +107,14 @@ def test_csv_source_is_split_stratified_and_encoded(tmp_path, topics):
     assert list(feeds) == ["input_ids", "attention_mask"] and np.array_equal(feeds["attention_mask"], topics.test.x[:, 1])
 
 
+def test_csv_keeps_quoted_newlines_and_commas(tmp_path):
+    rows = _rows(10) + [("Line one,\nline two of the same text", "sport")]
+    path = _write_csv(tmp_path / "quoted.csv", rows)
+    data = load_dataset(DataConfig(source=str(path), max_length=12, vocab_size=150, val_fraction=0.2, test_fraction=0.2))
+    texts = data.train.texts + data.val.texts + data.test.texts
+    assert len(texts) == 31 and "Line one,\nline two of the same text" in texts
+
+
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
 def test_tsv_and_jsonl_sources_with_named_columns(tmp_path, suffix):
     rows = _rows(10)
