@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from compress.data import DataConfig, load_dataset  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
-from compress.ship import ShipBundleConfig, preprocess_image, ship, to_unit_range  # noqa: E402
+from compress.ship import BundleConfig, preprocess_image, ship, to_unit_range  # noqa: E402
 
 APP = ROOT / "edge_demo" / "python" / "classify.py"
 WEB = ROOT / "edge_demo" / "web"
@@ -211,7 +211,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    info = ship(ShipBundleConfig(), args.run, folder, force=True)
+    info = ship(BundleConfig(), args.run, folder, force=True)
     ship_wall = time.perf_counter() - started
     manifest = json.loads((args.run / "manifest.json").read_text())
     python_results = [python_app(folder, fmt, args.runs) for fmt in ("ort", "onnx")]

@@ -124,7 +124,7 @@ def run_tool(model: str, iterations: int) -> None:
     onnxruntime_test.run_model(model, iterations)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -136,67 +136,55 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "harness_check")
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # internal: run the raw loop and print JSON
     parser.add_argument("--tool", type=Path, help=argparse.SUPPRESS)  # internal: run onnxruntime's tool
-    args = parser.parse_args()
-    if args.tool:
-        run_tool(str(args.tool), args.tool_iterations)
-        return
-    if args.raw:
-        print(json.dumps(raw_loop(str(args.raw), args.raw_warmup, args.min_runs, args.min_seconds, seed=0)))
-        return
+    return parser.parse_args()
 
-    from compress.fsutil import write_json, write_text
-    from compress.report import markdown_table
-    from compress.sysinfo import environment
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    paths = export_zoo(args.work)
+def measure_repeat(path: Path, repeat: int, args: argparse.Namespace) -> dict:
+    """One repeat: ours and the raw loop (alternating which goes first), then onnxruntime's tool."""
+    order = ("ours", "raw") if repeat % 2 == 0 else ("raw", "ours")
+    entry = {}
+    for who in order:
+        entry[who] = ours(path, args.work, threads=1) if who == "ours" else raw(path, args)
+    entry["ratio"] = entry["ours"]["p50_ms"] / entry["raw"]["p50_ms"]
+    # as many of the tool's runs as fill min_seconds, so its untimed-warm-up-free first run weighs alike
+    entry["tool_iterations"] = max(args.tool_iterations, int(args.min_seconds * 1e3 / entry["ours"]["p50_ms"]))
+    entry["tool_mean_ms"] = ort_tool(path, entry["tool_iterations"])
+    entry["tool_ratio"] = entry["ours"]["mean_ms"] / entry["tool_mean_ms"]
+    return entry
+
+
+def summarize_model(path: Path, runs: list[dict], load_average: list[float]) -> dict:
+    ours_p50 = [r["ours"]["p50_ms"] for r in runs]
+    raw_p50 = [r["raw"]["p50_ms"] for r in runs]
+    ratio = float(np.median([r["ratio"] for r in runs]))
+    return {
+        "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), "size_bytes": path.stat().st_size,
+        "runs": runs, "ours_p50_ms": ours_p50, "raw_p50_ms": raw_p50, "median_ratio": ratio,
+        "within_tolerance": abs(ratio - 1) <= TOLERANCE,
+        "ours_spread": max(ours_p50) / min(ours_p50), "raw_spread": max(raw_p50) / min(raw_p50),
+        "ours_spread_within_goal": max(ours_p50) / min(ours_p50) <= SPREAD_GOAL,
+        "tool_mean_ms": [r["tool_mean_ms"] for r in runs], "ours_mean_ms": [r["ours"]["mean_ms"] for r in runs],
+        "tool_ratio": float(np.median([r["tool_ratio"] for r in runs])),
+        "load_average_1min": load_average,
+    }
+
+
+def perf_test_reference() -> dict:
+    """Where onnxruntime's C++ timing tool would be, and that it is not there."""
     perf_test = subprocess.run(["bash", "-lc", "command -v onnxruntime_perf_test"], capture_output=True, text=True)
     wheel = Path(__import__("onnxruntime").__file__).parent
-    shipped = sorted(str(p.relative_to(wheel)) for p in wheel.rglob("*perf_test*") if "bert" not in p.name)
-    models = {}
-    for name in args.models:
-        path = paths[name]
-        runs = []
-        load_before = os.getloadavg()[0]
-        for repeat in range(args.repeats):
-            order = ("ours", "raw") if repeat % 2 == 0 else ("raw", "ours")
-            entry = {}
-            for who in order:
-                entry[who] = ours(path, args.work, threads=1) if who == "ours" else raw(path, args)
-            entry["ratio"] = entry["ours"]["p50_ms"] / entry["raw"]["p50_ms"]
-            # as many of the tool's runs as fill min_seconds, so its untimed-warm-up-free first run weighs alike
-            entry["tool_iterations"] = max(args.tool_iterations, int(args.min_seconds * 1e3 / entry["ours"]["p50_ms"]))
-            entry["tool_mean_ms"] = ort_tool(path, entry["tool_iterations"])
-            entry["tool_ratio"] = entry["ours"]["mean_ms"] / entry["tool_mean_ms"]
-            runs.append(entry)
-            print(f"{name} repeat {repeat}: ours p50 {entry['ours']['p50_ms']:.4f} ms, raw p50 "
-                  f"{entry['raw']['p50_ms']:.4f} ms, ratio {entry['ratio']:.3f}", flush=True)
-        ours_p50 = [r["ours"]["p50_ms"] for r in runs]
-        raw_p50 = [r["raw"]["p50_ms"] for r in runs]
-        ratio = float(np.median([r["ratio"] for r in runs]))
-        tool = [r["tool_mean_ms"] for r in runs]
-        ours_mean = [r["ours"]["mean_ms"] for r in runs]
-        models[name] = {
-            "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), "size_bytes": path.stat().st_size, "runs": runs,
-            "ours_p50_ms": ours_p50, "raw_p50_ms": raw_p50, "median_ratio": ratio,
-            "within_tolerance": abs(ratio - 1) <= TOLERANCE,
-            "ours_spread": max(ours_p50) / min(ours_p50), "raw_spread": max(raw_p50) / min(raw_p50),
-            "ours_spread_within_goal": max(ours_p50) / min(ours_p50) <= SPREAD_GOAL,
-            "tool_mean_ms": tool, "ours_mean_ms": ours_mean,
-            "tool_ratio": float(np.median([r["tool_ratio"] for r in runs])),
-            "load_average_1min": [load_before, os.getloadavg()[0]],
-        }
-
-    command = "flock /tmp/compress-heavy.lock python benchmarks/harness_check.py " + shlex.join(sys.argv[1:])
-    reference = {
+    return {
         "onnxruntime_perf_test_on_path": perf_test.stdout.strip() or None,
-        "perf_test_files_in_wheel": shipped,
+        "perf_test_files_in_wheel": sorted(str(p.relative_to(wheel)) for p in wheel.rglob("*perf_test*")
+                                           if "bert" not in p.name),
         "note": "onnxruntime_perf_test is not in the onnxruntime pip wheel (no such file in the package, none on PATH); "
                 "the reference is the raw loop in this script, plus onnxruntime/tools/onnxruntime_test.py",
     }
-    write_json(args.out.with_suffix(".json"), {
-        "command": command, "repeats": args.repeats, "tolerance": TOLERANCE, "spread_goal": SPREAD_GOAL,
-        "reference": reference, "environment": environment(), "models": models})
+
+
+def markdown(models: dict, reference: dict, args: argparse.Namespace, command: str) -> str:
+    from compress.report import markdown_table
+    from compress.sysinfo import environment
 
     rows = []
     for name, m in models.items():
@@ -206,7 +194,7 @@ def main() -> None:
                      f"{np.median(m['ours_mean_ms']):.4f}", f"{np.median(m['tool_mean_ms']):.4f}",
                      f"{m['tool_ratio']:.3f}", " -> ".join(f"{v:.1f}" for v in m["load_average_1min"])])
     env = environment()
-    text = "\n".join([
+    return "\n".join([
         "# Benchmark of the benchmark: `compress benchmark` against a raw onnxruntime loop\n",
         f"{args.repeats} repeats per model, each a fresh process, ours and raw alternating. Batch 1, "
         "CPUExecutionProvider, 1 intra-op thread, sequential, all graph optimizations, the same N(0,1) input. "
@@ -228,6 +216,39 @@ def main() -> None:
         f"{env['cpu']['usable_cores']} cores, a load above about 1 means another process competed for the core).\n",
         f"Made by `{command}`.",
     ])
+
+
+def main() -> None:
+    args = parse_args()
+    if args.tool:
+        run_tool(str(args.tool), args.tool_iterations)
+        return
+    if args.raw:
+        print(json.dumps(raw_loop(str(args.raw), args.raw_warmup, args.min_runs, args.min_seconds, seed=0)))
+        return
+
+    from compress.fsutil import write_json, write_text
+    from compress.sysinfo import environment
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    paths = export_zoo(args.work)
+    models = {}
+    for name in args.models:
+        load_before = os.getloadavg()[0]
+        runs = []
+        for repeat in range(args.repeats):
+            runs.append(measure_repeat(paths[name], repeat, args))
+            entry = runs[-1]
+            print(f"{name} repeat {repeat}: ours p50 {entry['ours']['p50_ms']:.4f} ms, raw p50 "
+                  f"{entry['raw']['p50_ms']:.4f} ms, ratio {entry['ratio']:.3f}", flush=True)
+        models[name] = summarize_model(paths[name], runs, [load_before, os.getloadavg()[0]])
+
+    command = "flock /tmp/compress-heavy.lock python benchmarks/harness_check.py " + shlex.join(sys.argv[1:])
+    reference = perf_test_reference()
+    write_json(args.out.with_suffix(".json"), {
+        "command": command, "repeats": args.repeats, "tolerance": TOLERANCE, "spread_goal": SPREAD_GOAL,
+        "reference": reference, "environment": environment(), "models": models})
+    text = markdown(models, reference, args, command)
     write_text(args.out.with_suffix(".md"), text + "\n")
     print(text)
 

@@ -15,12 +15,22 @@ SET_HELP = "Override a config value, e.g. --set distill.train.epochs=3 (repeatab
 DATA_HELP = "Dataset: mnist, digits, an image folder (one subfolder per class) or an .npz with x and y."
 
 
-def _config(config_path, overrides, data=None):
+DEVICE_HELP = ("Where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Sets every training "
+               "stage's train.device; ONNX files and checkpoints always come from CPU fp32 weights.")
+DEVICE_KEYS = ("teacher.train.device", "distill.train.device", "prune.finetune.device")
+
+
+def _config(config_path, overrides, data=None, device=None):
     from compress.config import load_config
 
     overrides = list(overrides)
     if data is not None:
         overrides.insert(0, f"data.source={json.dumps(str(data))}")
+    if device is not None:
+        from compress.train import resolve_device
+
+        resolve_device(device)  # a device this machine lacks fails here, before any data is read
+        overrides[:0] = [f"{key}={json.dumps(device)}" for key in DEVICE_KEYS]
     return load_config(config_path, overrides)
 
 
@@ -82,6 +92,9 @@ class FriendlyGroup(click.Group):
         debug = ctx.params.get("debug") or os.environ.get("COMPRESS_DEBUG", "") not in ("", "0")
         previous_term = signal.signal(signal.SIGTERM, _terminate)
         try:
+            from compress.fsutil import remove_stale_tempdirs
+
+            remove_stale_tempdirs()  # what a killed run left in the temporary folder
             result = super().invoke(ctx)
             finished = True
             return result
@@ -136,7 +149,8 @@ def main(debug):
               "continuing a killed stage's training from its last epoch checkpoint.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder's stages.")
 @click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)
-def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, nproc):
+@click.option("--device", default=None, help=DEVICE_HELP)
+def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, nproc, device):
     """Run teacher -> distill -> prune -> export -> quantize -> benchmark, and write a report.
 
     \b
@@ -151,7 +165,7 @@ def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, npr
     if _relaunched(nproc, "pipeline"):
         return
     overrides = list(overrides) + (["distill.baseline=true"] if baseline else [])
-    cfg = _config(config_path, overrides, data)
+    cfg = _config(config_path, overrides, data, device)
     manifest = run_pipeline(cfg, Path(out_dir), resume=resume, force=force)
     if not _is_main():
         return
@@ -191,7 +205,8 @@ def stage_command(name: str, out_help: str, resumable: bool = True, reads_models
         ]
         if resumable:
             options += [click.option("--resume", is_flag=True, help=RESUME_HELP),
-                        click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP)]
+                        click.option("--nproc", type=int, default=1, show_default=True, help=NPROC_HELP),
+                        click.option("--device", default=None, help=DEVICE_HELP)]
         if reads_models:
             options.append(click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP))
         for option in reversed(options):
@@ -251,7 +266,7 @@ def _run_file_command(stage: str, cfg, inputs: dict[str, Path], out_path: str, f
 
 @main.command(name="teacher")
 @stage_command("teacher", "Folder for teacher.safetensors and its manifest.json.", reads_models=False)
-def teacher_command(data, config_path, overrides, out_path, force, resume, nproc):
+def teacher_command(data, config_path, overrides, out_path, force, resume, nproc, device):
     """Train (or load) a teacher.
 
     \b
@@ -262,7 +277,7 @@ def teacher_command(data, config_path, overrides, out_path, force, resume, nproc
 
     if _relaunched(nproc, "teacher"):
         return
-    cfg = _config(config_path, overrides, data)
+    cfg = _config(config_path, overrides, data, device)
     record = _run_stage_command("teacher", cfg, teacher_inputs(cfg.teacher, cfg.data), out_path, force, resume)
     if _is_main():
         _echo_metrics(record["metrics"])
@@ -272,7 +287,8 @@ def teacher_command(data, config_path, overrides, out_path, force, resume, nproc
 @click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher checkpoint.")
 @click.option("--baseline", is_flag=True, help="Also train the student without distillation.")
 @stage_command("distill", "Folder for student.safetensors and its manifest.json.")
-def distill(teacher_path, baseline, data, config_path, overrides, out_path, force, resume, nproc, trust_pickle):
+def distill(teacher_path, baseline, data, config_path, overrides, out_path, force, resume, nproc, device,
+            trust_pickle):
     """Distill a smaller student from a teacher.
 
     \b
@@ -282,7 +298,7 @@ def distill(teacher_path, baseline, data, config_path, overrides, out_path, forc
     """
     if _relaunched(nproc, "distill"):
         return
-    cfg = _config(config_path, list(overrides) + (["distill.baseline=true"] if baseline else []), data)
+    cfg = _config(config_path, list(overrides) + (["distill.baseline=true"] if baseline else []), data, device)
     with _trusted(trust_pickle, [teacher_path]):
         record = _run_stage_command("distill", cfg, {"teacher": Path(teacher_path)}, out_path, force, resume)
     if _is_main():
@@ -293,7 +309,8 @@ def distill(teacher_path, baseline, data, config_path, overrides, out_path, forc
 @click.argument("model_path", type=click.Path())
 @click.option("--teacher", "teacher_path", type=click.Path(), required=True, help="Teacher for the fine-tune.")
 @stage_command("prune", "Folder for pruned.safetensors, prune.md/json and its manifest.json.")
-def prune(model_path, teacher_path, data, config_path, overrides, out_path, force, resume, nproc, trust_pickle):
+def prune(model_path, teacher_path, data, config_path, overrides, out_path, force, resume, nproc, device,
+          trust_pickle):
     """Remove channels, neurons and attention heads from a model (a smaller dense model, verified
     after every step: forward pass, ONNX export, parity), then fine-tune it by distillation.
     target=sparsity is unstructured magnitude pruning instead: a smaller gzip file, NOT faster on
@@ -308,7 +325,7 @@ def prune(model_path, teacher_path, data, config_path, overrides, out_path, forc
     """
     if _relaunched(nproc, "prune"):
         return
-    cfg = _config(config_path, overrides, data)
+    cfg = _config(config_path, overrides, data, device)
     with _trusted(trust_pickle, [model_path, teacher_path]):
         record = _run_stage_command("prune", cfg, {"student": Path(model_path), "teacher": Path(teacher_path)},
                                     out_path, force, resume)
@@ -378,10 +395,10 @@ def ship_command(run_dir, out_dir, artifact, samples, optimization_style, target
       compress ship runs/default --out bundle-int8 --artifact int8
       python edge_demo/python/classify.py runs/default/bundle --self-test
     """
-    from compress.ship import ShipBundleConfig, ship
+    from compress.ship import BundleConfig, ship
 
     try:
-        cfg = ShipBundleConfig(artifact, samples, optimization_style, target_platform, type_reduction)
+        cfg = BundleConfig(artifact, samples, optimization_style, target_platform, type_reduction)
     except ValueError as exc:
         raise CompressError(str(exc)) from exc
     bundle = ship(cfg, Path(run_dir), Path(out_dir), force=force)
@@ -439,11 +456,10 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
       compress benchmark --list-providers
     """
     import shlex
-    import tempfile
 
     from compress.config import to_dict
     from compress.data import load_dataset
-    from compress.fsutil import write_text
+    from compress.fsutil import private_tempdir, write_text
     from compress.runner import data_identity, run_single_stage, run_stage
     from stages.benchmark import run, terminal_table
 
@@ -464,6 +480,9 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     paths = {}
     for path in model_paths:
         paths[Path(path).stem if Path(path).stem not in paths else str(path)] = Path(path)
+    for option, target in (("--json", json_path), ("--markdown", markdown_path)):
+        if target and Path(target).is_dir():
+            raise CompressError(f"{option} {target} is a folder: give a file path (e.g. {Path(target) / 'benchmark.json'})")
     for target in (out_dir, json_path, markdown_path):
         if target:
             _refuse_existing(Path(target), force)
@@ -473,7 +492,7 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     def work(out: Path):
         return run(cfg.benchmark, paths, dataset, out, command=command)
 
-    with tempfile.TemporaryDirectory(prefix="compress-benchmark-") as tmp:
+    with private_tempdir("benchmark") as tmp:
         if out_dir:
             record = run_single_stage("benchmark", cfg.benchmark, identity, paths, work, Path(out_dir), False, force,
                                       to_dict(cfg))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -25,14 +26,14 @@ BenchmarkConfig = STAGES["benchmark"].config
 
 
 @dataclass
-class ShipConfig:
+class ShipChoiceConfig:
     """How the pipeline picks what to ship."""
 
     accuracy_budget: float = 1.0  # accuracy points below the teacher an artifact may lose and still ship
     candidates: list[str] = field(default_factory=lambda: ["teacher", "student", "pruned", "int8"])  # artifacts to choose from
 
     def __post_init__(self) -> None:
-        if self.accuracy_budget < 0:
+        if not self.accuracy_budget >= 0:  # also refuses NaN
             raise ValueError(f"ship.accuracy_budget must be >= 0 points, got {self.accuracy_budget}")
         unknown = set(self.candidates) - {"teacher", "student", "pruned", "int8", "student_baseline"}
         if unknown or not self.candidates:
@@ -51,7 +52,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    ship: ShipConfig = field(default_factory=ShipConfig)
+    ship: ShipChoiceConfig = field(default_factory=ShipChoiceConfig)
     threads: int = 2  # PyTorch threads for training
 
     @classmethod
@@ -82,7 +83,11 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CompressError(f"config {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): save it "
+                            "as UTF-8") from exc
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -161,6 +166,8 @@ def _check_type(value, hint, key: str):
         if isinstance(value, str) and value.lower() == "none" and type(None) in allowed:
             return None
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise CompressError(f"config key {key} must be a finite number, got {value!r}")
             return float(value)
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -42,6 +42,8 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"data.{name} must be between 0 and 0.5, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"data.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
         if self.image_mode not in IMAGE_MODES:
@@ -161,10 +163,24 @@ def _load_raw(cfg: DataConfig):
         return (*_load_image_folder(path, cfg.image_size, cfg.image_mode), path.name)
     if path.suffix == ".npz" and path.is_file():
         return (*_load_npz(path), path.stem)
+    if path.is_file():
+        raise CompressError(unsupported_file_message(path))
     if path.suffix == ".npz" or "/" in source or path.exists():
         raise CompressError(f"dataset not found: {source} (give an existing image folder or .npz file)")
     raise CompressError(f"unknown dataset {source!r}: use one of {', '.join(BUILTIN_DATASETS)}, bbc-news (text), an image "
                         "folder, an .npz file, a .csv/.tsv/.jsonl text file or a folder of .txt files")
+
+
+TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
+
+
+def unsupported_file_message(path: Path) -> str:
+    """What to say about an existing file that is no dataset compress reads (.csv/.tsv/.jsonl go to the text path)."""
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return (f"{path} is a {path.suffix.lstrip('.').upper()} file: text data is a .csv, .tsv or .jsonl file (a text "
+                "and a label column) or a folder with one subfolder of .txt files per class; images are an .npz file "
+                "or an image folder")
+    return f"{path} is not a dataset compress can read: give an image folder (one subfolder per class) or an .npz file with x and y"
 
 
 def _load_image_folder(root: Path, image_size: int | None, image_mode: str = ""):
@@ -175,6 +191,10 @@ def _load_image_folder(root: Path, image_size: int | None, image_mode: str = "")
         raise CompressError(f"image folder {root} needs one subfolder per class (at least 2), found {len(class_dirs)}")
     files_per_class = []
     for class_dir in class_dirs:
+        nested = sorted(p for p in class_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if nested:
+            raise CompressError(f"{nested[0]} is a folder inside class folder {class_dir.name}: images must lie directly in "
+                                "their class folder (subfolders are not read); move its images up, or remove it")
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise CompressError(f"class folder {class_dir} is empty: add images or remove the folder")
@@ -219,14 +239,27 @@ def _is_gray(image) -> bool:
 
 
 def _load_npz(path: Path):
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would call anything else "pickled data"
+        raise CompressError(f"{path} is not an .npz archive (not a zip file written by np.savez): save it with "
+                            "np.savez(path, x=images, y=labels)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CompressError(f"cannot read {path} as .npz: {exc}") from exc
-    missing = {"x", "y"} - set(archive.files)
-    if missing:
-        raise CompressError(f"{path} lacks array(s) {', '.join(sorted(missing))}: save it with np.savez(path, x=images, y=labels)")
-    x, y = archive["x"], archive["y"]
+        missing = {"x", "y"} - set(archive.files)
+        if missing:
+            raise CompressError(f"{path} lacks array(s) {', '.join(sorted(missing))}: save it with np.savez(path, x=images, y=labels)")
+        x, y = archive["x"], archive["y"]
+        names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if "allow_pickle" in str(exc):
+            raise CompressError(f"{path} holds Python object arrays, which compress does not unpickle: save x and y as "
+                                "numeric arrays (e.g. np.savez(path, x=np.stack(images).astype('float32'), y=labels))") from exc
+        raise CompressError(f"cannot read {path} as .npz: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    for key, array in (("x", x), ("y", y)):
+        if array.ndim == 0:
+            raise CompressError(f"{path}: {key} is a single value (a 0-d array), not one entry per sample: save arrays "
+                                "whose first axis is the samples")
     if len(x) != len(y):
         raise CompressError(f"{path}: x has {len(x)} samples but y has {len(y)}; they must match")
     if not np.issubdtype(y.dtype, np.integer):
@@ -242,8 +275,10 @@ def _load_npz(path: Path):
         x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     elif x.ndim not in (2, 4):
         raise CompressError(f"{path}: x must be (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    if x.size == 0 and len(x):
+        raise CompressError(f"{path}: x has shape {x.shape}: each sample has zero features; save at least one value per sample")
     num_classes = int(y.max()) + 1 if len(y) else 0
-    names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else [str(i) for i in range(num_classes)]
+    names = names if names is not None else [str(i) for i in range(num_classes)]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     return x, y, names, scale
 
@@ -257,6 +292,9 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str], name: st
     if y.min() < 0 or y.max() >= len(class_names):
         raise CompressError(f"dataset {name} has labels outside 0..{len(class_names) - 1} (found {y.min()}..{y.max()}): "
                             f"labels must be class indices counted from 0, one per class name ({len(class_names)} here)")
+    if len(class_names) < 2:
+        raise CompressError(f"dataset {name} has only {len(class_names)} class: a classifier needs at least 2 classes "
+                            "(labels 0..N-1)")
     present = set(np.unique(y).tolist())
     absent = [class_names[i] for i in range(len(class_names)) if i not in present]
     if absent:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
 from compress.errors import CompressError
-from compress.fsutil import staging_dir
+from compress.fsutil import private_tempdir, staging_dir
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         raise CompressError("--nproc starts torchrun itself: leave it out when the command already runs under torchrun")
     # torchrun otherwise prints a banner about OMP_NUM_THREADS; each process sets its own thread count.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with tempfile.TemporaryDirectory(prefix="compress-torchrun-") as logs:
+    with private_tempdir("torchrun") as logs:
         # Workers' stderr goes to files, so a failure shows one process's "error: ..." line once, not one
         # per process followed by torchrun's own traceback; stdout (progress, results) streams as usual.
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
@@ -110,11 +111,34 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     if done.returncode == 0:
         sys.stderr.write(worker_stderr.get(0, ""))
         return 0
-    if failed:  # the worker's own message says what went wrong; torchrun's report would only repeat it
+    # A process killed by a signal (SIGKILL, the OOM killer) wrote nothing; its peers then fail on the lost
+    # connection, which is not what went wrong.
+    killed = re.search(r"exitcode\s*:\s*-\d+", done.stderr or "")
+    if failed and not killed:  # the worker's own message says what went wrong; torchrun's report would only repeat it
         sys.stderr.write(worker_stderr[failed[0]])
         return 2
-    sys.stderr.write("".join(worker_stderr[rank] for rank in sorted(worker_stderr)) + done.stderr)
-    return done.returncode
+    sys.stderr.write(f"error: {dead_worker_message(done.stderr, done.returncode)}\n")
+    return 2
+
+
+def dead_worker_message(torchrun_stderr: str, returncode: int) -> str:
+    """One line for a data-parallel run whose process died without an error of its own (killed, out of
+    memory, crashed), from torchrun's failure report (``rank : 1 (local_rank: 1)``, ``exitcode : -9``)."""
+    report = torchrun_stderr.split("Root Cause", 1)[-1]  # torchrun names the first failure there
+    ranks = re.findall(r"rank\s*:\s*(\d+)", report)
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", report)]
+    who = f"training process {ranks[0]}" if ranks else "a training process"
+    code = codes[0] if codes else returncode
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    hint = " (out of memory? use a smaller batch size or fewer processes)" if code == -signal.SIGKILL else ""
+    return (f"{who} of the data-parallel run {how}{hint}; the other processes were stopped. Finished epochs are kept: "
+            "rerun with --resume")
 
 
 def without_option(args: Sequence[str], option: str) -> list[str]:
@@ -237,12 +261,12 @@ def _route_through(module: nn.Module, wrapper: DistributedDataParallel):
 
 
 @contextlib.contextmanager
-def output_dir(final_dir: Path) -> Iterator[Path]:
+def output_dir(final_dir: Path, owned: Iterable[str] | None = ()) -> Iterator[Path]:
     """Rank 0 builds ``final_dir`` in a staging folder swapped in on success; other ranks compute the same
     things into a throwaway folder, so only one process ever writes the artifacts."""
     if context().is_main:
-        with staging_dir(final_dir) as tmp:
+        with staging_dir(final_dir, owned) as tmp:
             yield tmp
     else:
-        with tempfile.TemporaryDirectory(prefix="compress-rank-") as tmp:
+        with private_tempdir("rank") as tmp:
             yield Path(tmp)

@@ -28,6 +28,10 @@ def user_message(exc: BaseException) -> str | None:
     """The one-line message for ``exc``, or None when it is not a known user-side failure (a bug)."""
     if isinstance(exc, CompressError):
         return str(exc)
+    from compress.fsutil import is_disk_full  # fsutil builds on this module
+
+    if is_disk_full(exc):
+        return OS_ERRORS[errno.ENOSPC].format(file=getattr(exc, "filename", None) or "the output")
     if isinstance(exc, OSError) and exc.errno in OS_ERRORS:
         return OS_ERRORS[exc.errno].format(file=exc.filename or "the output")
     if isinstance(exc, UnicodeDecodeError):

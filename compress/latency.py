@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import CompressError
+from compress.fsutil import private_tempdir
 from compress.onnxutil import EXECUTION_MODES, OPTIMIZATION_LEVELS, provider_chain
 from compress.worker import Timing
 
@@ -91,7 +91,7 @@ def time_jobs(path: Path, target: Target, rules: TimingRules, feeds: dict[str, d
               jobs: list[dict], on_job: Callable[[str], None] = lambda name: None) -> dict[str, Timing]:
     """Run ``jobs`` (name, feed, intra_op, inter_op, min_runs) on one model in one fresh worker, one after
     another; ``on_job`` hears each job's name as it finishes."""
-    with tempfile.TemporaryDirectory(prefix="compress-timing-") as tmp:
+    with private_tempdir("timing") as tmp:
         for label, feed in feeds.items():
             np.savez(Path(tmp) / f"feed_{label}.npz", *feed.values())
         settings = {**target.worker_settings(), "model": str(Path(path).resolve()), "dir": tmp,
@@ -113,7 +113,7 @@ def time_interleaved(paths: dict[str, Path], feeds: dict[str, dict[str, np.ndarr
     fresh worker process."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    with tempfile.TemporaryDirectory(prefix="compress-timing-") as tmp:
+    with private_tempdir("timing") as tmp:
         for name, feed in feeds.items():
             np.savez(Path(tmp) / f"feed_{name}.npz", *feed.values())
         models = [{"name": name, "model": str(Path(path).resolve()), "feed": name, "input_names": list(feeds[name])}
@@ -134,7 +134,7 @@ def time_interleaved(paths: dict[str, Path], feeds: dict[str, dict[str, np.ndarr
 
 def cold_start(path: Path, feed: dict[str, np.ndarray], target: Target, runs: int) -> dict:
     """Session creation, first run and peak resident memory of one model in a fresh worker process."""
-    with tempfile.TemporaryDirectory(prefix="compress-timing-") as tmp:
+    with private_tempdir("timing") as tmp:
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, *feed.values())
         settings = {**target.worker_settings(), "model": str(Path(path).resolve()), "feed": str(feed_path),

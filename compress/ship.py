@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import onnxruntime as ort
 
 from compress.data import DataConfig, Dataset, load_dataset
 from compress.errors import CompressError
-from compress.fsutil import sha256, staging_dir, working_directory, write_json
+from compress.fsutil import check_out_folder, private_tempdir, sha256, staging_dir, working_directory, write_json
+from compress.manifest import manifest_problem
 from compress.onnxutil import load_onnx, metadata
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "compress-bundle", 1
@@ -36,7 +36,7 @@ METRIC_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "p50_m
 
 
 @dataclass
-class ShipBundleConfig:
+class BundleConfig:
     """What goes into a bundle and how the ORT-format copy is made."""
 
     artifact: str | None = None  # artifact of the run to bundle; None = the one the pipeline chose to ship
@@ -59,10 +59,14 @@ class ShipBundleConfig:
             raise ValueError(f"threads must be >= 0 (0 = onnxruntime's default), got {self.threads}")
 
 
-def ship(cfg: ShipBundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -> dict:
+def ship(cfg: BundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -> dict:
     """Build, verify and write the bundle of ``run_dir`` into ``out_dir``; returns its model.json.
     An existing ``out_dir`` is replaced only with ``force`` (and only once the new bundle is verified)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve() or out_dir.resolve() in run_dir.resolve().parents:
+        raise CompressError(f"--out {out_dir} would replace the run folder {run_dir}: choose another --out "
+                            f"(e.g. {run_dir / 'bundle'})")
+    check_out_folder(out_dir)
     if out_dir.exists() and not force:
         raise CompressError(f"{out_dir} already exists: pass --force to replace it, or choose another --out")
     manifest = _finished_manifest(run_dir)
@@ -72,11 +76,11 @@ def ship(cfg: ShipBundleConfig, run_dir: Path, out_dir: Path, force: bool = Fals
     spec = _image_spec(props, source)
     data = _run_dataset(manifest)
     _check_dataset(data, spec, source)
-    with staging_dir(out_dir) as tmp:
+    with staging_dir(out_dir, bundle_files(out_dir)) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
         ort_name, config_name = convert_to_ort(tmp / "model.onnx", cfg)
-        onnx_session = _session(tmp / "model.onnx", cfg)
-        ort_session = _session(tmp / ort_name, cfg)
+        onnx_session = bundle_session(tmp / "model.onnx", cfg)
+        ort_session = bundle_session(tmp / ort_name, cfg)
         input_spec = _input_signature(onnx_session, spec, source)
         parity = ort_parity(onnx_session, ort_session, data)
         _check_recorded_accuracy(parity["onnx_accuracy"], manifest["results"][name]["accuracy"], len(data.test), name)
@@ -115,6 +119,18 @@ def ship(cfg: ShipBundleConfig, run_dir: Path, out_dir: Path, force: bool = Fals
     return bundle
 
 
+def bundle_files(folder: Path) -> list[str]:
+    """The files an earlier ``compress ship`` wrote into ``folder`` (its model.json lists them): the only ones
+    ``--force`` replaces."""
+    try:
+        bundle = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT or not isinstance(bundle.get("files"), dict):
+        return []
+    return [*map(str, bundle["files"]), "model.json"]
+
+
 def _finished_manifest(run_dir: Path) -> dict:
     path = run_dir / "manifest.json"
     if not run_dir.is_dir():
@@ -126,9 +142,14 @@ def _finished_manifest(run_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CompressError(f"{path} is not valid JSON ({exc}): rerun the pipeline into a fresh folder") from exc
+    if not isinstance(manifest, dict):
+        raise CompressError(f"{path} {manifest_problem(manifest)}: rerun the pipeline into a fresh folder")
     if manifest.get("status") != "complete" or "ship" not in manifest or "results" not in manifest:
         raise CompressError(f"{run_dir} holds an unfinished run: finish it with "
                             f"compress pipeline --out {run_dir} --resume")
+    problem = manifest_problem(manifest, finished=True)
+    if problem:
+        raise CompressError(f"{path} {problem}: it was not written by this compress; rerun the pipeline into a fresh folder")
     return manifest
 
 
@@ -200,7 +221,7 @@ def _check_dataset(data: Dataset, spec: dict, source: Path) -> None:
                             "not 0..1, so they cannot be stored or read as 8-bit pixels")
 
 
-def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
+def convert_to_ort(onnx_path: Path, cfg: BundleConfig) -> tuple[str, str]:
     """onnxruntime's own converter: ``model.ort`` plus the required-operators config beside it."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -213,7 +234,7 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(log), tempfile.TemporaryDirectory(prefix="compress-ort-") as scratch, \
+        with contextlib.redirect_stdout(log), private_tempdir("ort") as scratch, \
                 working_directory(Path(scratch)):
             convert_onnx_models_to_ort(onnx_path, output_dir=folder, optimization_styles=[style],
                                        target_platform=cfg.target_platform, enable_type_reduction=cfg.type_reduction)
@@ -237,7 +258,7 @@ def convert_to_ort(onnx_path: Path, cfg: ShipBundleConfig) -> tuple[str, str]:
     return "model.ort", configs[0]
 
 
-def _session(path: Path, cfg: ShipBundleConfig) -> ort.InferenceSession:
+def bundle_session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = cfg.threads
     options.inter_op_num_threads = 1

@@ -37,6 +37,7 @@ from compress.fsutil import atomic_path
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant", "linear")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision
 CHECKPOINT_FORMAT = 2  # 2: the best epoch is chosen on validation accuracy, then loss
 
 
@@ -53,6 +54,9 @@ class TrainConfig:
     augment: bool = True  # random shifts (up to 7% of the side: 2 px on 28x28) and rotations (up to 10 degrees)
     grad_clip: float = 5.0  # max gradient L2 norm; 0 disables clipping
     seed: int = 0  # seed for init, shuffling and augmentation
+    device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda or cuda:N; files are always written from CPU fp32 weights
+    precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 and GPUs) or fp16 (autocast + gradient scaler; CUDA only)
+    channels_last: bool = False  # NHWC memory layout for image models and batches (faster convolutions on GPUs)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -67,6 +71,30 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
+
+
+def resolve_device(name: str, precision: str = "fp32") -> torch.device:
+    """The torch device ``train.device`` names, checked to exist here: ``auto`` is CUDA when available."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise CompressError(f"device {name} requested, but {build}: use --device cpu (or auto), or install a "
+                                "CUDA build of PyTorch on a machine with an NVIDIA GPU")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise CompressError(f"device {name} requested, but only {torch.cuda.device_count()} CUDA device(s) are "
+                                f"visible: use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if precision == "fp16" and not name.startswith("cuda"):
+        raise CompressError("train.precision=fp16 needs a CUDA device: on a CPU use bf16 (or fp32)")
+    return torch.device(name)
 
 
 @dataclass
@@ -117,6 +145,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class _Progress:
+    """Where a fit stands between epochs: what a checkpoint saves and a resumed run continues from."""
+
+    start_epoch: int
+    history: list[dict]
+    best_accuracy: float
+    best_loss: float
+    best_epoch: int
+    best_state: list[dict]
+
+
+@dataclass
+class _Loop:
+    """What every training step needs: the modules, their optimizer and schedule, and the batch layout."""
+
+    modules: list[nn.Module]
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    local_batch: int  # samples per process and step
+    steps_per_epoch: int
+    device: torch.device
+    ctx: distributed.Context
+    autocast: torch.dtype | None  # the forward pass's autocast dtype; None = fp32
+    scaler: torch.amp.GradScaler | None  # fp16 only: scales the loss so small gradients do not underflow
+    channels_last: bool
+
+
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc: str,
         extra_modules: Sequence[nn.Module] = (), checkpoint_dir: str | Path | None = None,
         frozen_modules: Sequence[nn.Module] = ()) -> TrainResult:
@@ -129,102 +186,150 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     moved to the training device. Under torchrun the trainable modules are wrapped in DDP, each
     process takes ``batch_size / N`` samples of every step's batch, and metrics are summed over processes."""
     started = time.perf_counter()
+    loop = _make_loop([model, *extra_modules], frozen_modules, len(data.train), cfg)
+    if loop.ctx.is_main and (loop.device.type != "cpu" or loop.autocast is not None):
+        tqdm.write(f"{desc}: training on {loop.device} in {cfg.precision}")
+    store = _store(checkpoint_dir, desc)
+    identity = {"format": CHECKPOINT_FORMAT, "key": store.key if store else "", "desc": desc, "train": asdict(cfg),
+                "train_size": len(data.train), "module_count": len(loop.modules),
+                "start": _weights_digest(loop.modules) if store else ""}
+    if loop.ctx.enabled and loop.ctx.is_main:
+        tqdm.write(f"{desc}: data-parallel over {loop.ctx.world_size} processes ({loop.ctx.backend}), "
+                   f"{loop.local_batch} of every {cfg.batch_size} samples per process and step")
+    state = store.load(identity, loop.modules, desc) if store else None
+    previous_s = state["elapsed_s"] if state else 0.0
+    with distributed.data_parallel(loop.modules, loop.ctx):
+        progress = _resume(state, loop, store, cfg, desc) if state else _start(model, data, loop)
+        for epoch in range(progress.start_epoch, cfg.epochs + 1):
+            train_loss = _train_epoch(loop, data.train, cfg, loss_fn, desc, epoch)
+            _record_epoch(progress, model, data.val, loop, train_loss, epoch, cfg, desc)
+            if store:
+                store.save({**identity, "epoch": epoch, "modules": [m.state_dict() for m in loop.modules],
+                            "optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict(),
+                            "best_accuracy": progress.best_accuracy, "best_loss": progress.best_loss,
+                            "best_epoch": progress.best_epoch, "best_states": progress.best_state,
+                            "history": progress.history, "elapsed_s": previous_s + time.perf_counter() - started,
+                            "world_size": loop.ctx.world_size, "rng": distributed.gather_objects(_rng_states())})
+    for module, module_state in zip(loop.modules, progress.best_state):
+        module.load_state_dict(module_state)
+        module.eval()
+    for module in (*loop.modules, *frozen_modules):  # checkpoints and export read CPU fp32, contiguous weights
+        module.to("cpu", memory_format=torch.contiguous_format)
+    return TrainResult(progress.best_accuracy, progress.best_epoch, progress.history,
+                       previous_s + time.perf_counter() - started, state["epoch"] if state else 0, loop.ctx.world_size)
+
+
+def _make_loop(modules: list[nn.Module], frozen_modules: Sequence[nn.Module], train_size: int,
+               cfg: TrainConfig) -> _Loop:
     ctx = distributed.context()
-    device = torch.device(ctx.device)
-    modules = [model, *extra_modules]
+    # Under torchrun the process group decides (each rank its own GPU under nccl); else train.device does.
+    device = torch.device(ctx.device) if ctx.enabled else resolve_device(cfg.device, cfg.precision)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     for module in (*modules, *frozen_modules):
-        module.to(device)
+        module.to(device, memory_format=memory_format)
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(params, cfg)
     local_batch = math.ceil(cfg.batch_size / ctx.world_size)
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / ctx.world_size) / local_batch)
-    scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
-    store = _store(checkpoint_dir, desc)
-    identity = {"format": CHECKPOINT_FORMAT, "key": store.key if store else "", "desc": desc, "train": asdict(cfg),
-                "train_size": len(data.train), "module_count": len(modules),
-                "start": _weights_digest(modules) if store else ""}
-    if ctx.enabled and ctx.is_main:
-        tqdm.write(f"{desc}: data-parallel over {ctx.world_size} processes ({ctx.backend}), "
-                   f"{local_batch} of every {cfg.batch_size} samples per process and step")
-    state = store.load(identity, modules, desc) if store else None
-    if state is not None:
-        for module, module_state in zip(modules, state["modules"]):
-            module.load_state_dict(module_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_states(state["rng"], ctx)
-    previous_s = state["elapsed_s"] if state else 0.0
-    with distributed.data_parallel(modules, ctx):
-        if state is None:
-            start_epoch, history = 1, []
-            best_accuracy, best_loss = _validate(model, data.val, ctx)
-            best_epoch = 0
-            best_state = [copy.deepcopy(m.state_dict()) for m in modules]
-        else:
-            start_epoch, history = state["epoch"] + 1, state["history"]
-            best_accuracy, best_loss = state["best_accuracy"], state["best_loss"]
-            best_epoch, best_state = state["best_epoch"], state["best_states"]
-            if ctx.is_main:
-                tqdm.write(f"{desc}: resuming after epoch {state['epoch']}/{cfg.epochs} from {store.path}")
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            for module in modules:
-                module.train()
-            order = distributed.epoch_indices(len(data.train), cfg.seed, epoch, ctx)
-            generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, ctx.rank))
-            total_loss, seen = 0.0, 0
-            progress = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
-                            dynamic_ncols=True, disable=None if ctx.is_main else True)
-            for step in progress:
-                idx = order[step * local_batch:(step + 1) * local_batch]
-                x, y = torch.from_numpy(data.train.x[idx]), torch.from_numpy(data.train.y[idx])
-                if cfg.augment and x.dim() == 4:
-                    x = augment(x, generator)
-                x, y = x.to(device), y.to(device)
-                loss, _ = loss_fn(x, y)
-                finite = bool(torch.isfinite(loss))
-                if not finite and not ctx.enabled:
-                    raise _diverged(desc, loss.item(), epoch, step, optimizer)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if ctx.enabled:
-                    # Every process must reach the same verdict or the others hang in the next all-reduce:
-                    # the averaged gradients are non-finite everywhere as soon as one process's loss is.
-                    norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
-                            else nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-                    if not (finite and torch.isfinite(norm)):
-                        raise _diverged(desc, loss.item(), epoch, step, optimizer, gradients=finite)
-                elif cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                total_loss += loss.item() * len(y)
-                seen += len(y)
-                progress.set_postfix(loss=f"{total_loss / seen:.4f}")
-            distributed.broadcast_buffers(modules)
-            loss_sum, seen_all = distributed.all_reduce_sum([total_loss, seen])
-            val_accuracy, val_loss = _validate(model, data.val, ctx)
-            history.append({"epoch": epoch, "loss": loss_sum / max(seen_all, 1), "val_accuracy": val_accuracy,
-                            "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]})
-            if ctx.is_main:
-                tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {history[-1]['loss']:.4f}  val acc {val_accuracy:.4f}"
-                           f"  val loss {val_loss:.4f}")
-            if improves(val_accuracy, val_loss, best_accuracy, best_loss):
-                best_accuracy, best_loss, best_epoch = val_accuracy, val_loss, epoch
-                best_state = [copy.deepcopy(m.state_dict()) for m in modules]
-            if store:
-                store.save({**identity, "epoch": epoch, "modules": [m.state_dict() for m in modules],
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "best_accuracy": best_accuracy, "best_loss": best_loss, "best_epoch": best_epoch,
-                            "best_states": best_state,
-                            "history": history, "elapsed_s": previous_s + time.perf_counter() - started,
-                            "world_size": ctx.world_size, "rng": distributed.gather_objects(_rng_states())})
-    for module, module_state in zip(modules, best_state):
+    steps_per_epoch = math.ceil(math.ceil(train_size / ctx.world_size) / local_batch)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    return _Loop(modules, params, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), local_batch,
+                 steps_per_epoch, device, ctx, PRECISIONS[cfg.precision], scaler, cfg.channels_last)
+
+
+def _start(model: nn.Module, data: Dataset, loop: _Loop) -> _Progress:
+    """A fresh fit: the untrained weights are the best so far, measured on validation (epoch 0)."""
+    accuracy, loss = _validate(model, data.val, loop.ctx)
+    return _Progress(1, [], accuracy, loss, 0, [copy.deepcopy(m.state_dict()) for m in loop.modules])
+
+
+def _resume(state: dict, loop: _Loop, store: _Store, cfg: TrainConfig, desc: str) -> _Progress:
+    for module, module_state in zip(loop.modules, state["modules"]):
         module.load_state_dict(module_state)
-        module.eval()
-    for module in (*modules, *frozen_modules):
-        module.to("cpu")
-    return TrainResult(best_accuracy, best_epoch, history, previous_s + time.perf_counter() - started,
-                       state["epoch"] if state else 0, ctx.world_size)
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_states(state["rng"], loop.ctx)
+    if loop.ctx.is_main:
+        tqdm.write(f"{desc}: resuming after epoch {state['epoch']}/{cfg.epochs} from {store.path}")
+    return _Progress(state["epoch"] + 1, state["history"], state["best_accuracy"], state["best_loss"],
+                     state["best_epoch"], state["best_states"])
+
+
+def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, desc: str, epoch: int) -> float:
+    """One pass over the train split; returns the mean loss over all processes."""
+    for module in loop.modules:
+        module.train()
+    order = distributed.epoch_indices(len(train), cfg.seed, epoch, loop.ctx)
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, loop.ctx.rank))
+    total_loss, seen = 0.0, 0
+    progress = tqdm(range(loop.steps_per_epoch), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
+                    dynamic_ncols=True, disable=None if loop.ctx.is_main else True)
+    for step in progress:
+        idx = order[step * loop.local_batch:(step + 1) * loop.local_batch]
+        x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
+        if cfg.augment and x.dim() == 4:
+            x = augment(x, generator)
+        x = x.to(loop.device, non_blocking=True)
+        if loop.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = _step(loop, x, y.to(loop.device, non_blocking=True), cfg, loss_fn, desc, epoch, step)
+        total_loss += loss * len(y)
+        seen += len(y)
+        progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+    distributed.broadcast_buffers(loop.modules)
+    loss_sum, seen_all = distributed.all_reduce_sum([total_loss, seen])
+    return loss_sum / max(seen_all, 1)
+
+
+def _step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, loss_fn: LossFn, desc: str,
+          epoch: int, step: int) -> float:
+    """One optimizer step; a non-finite loss (or, data-parallel, gradient) stops training with a clear error."""
+    with torch.autocast(loop.device.type, dtype=loop.autocast or torch.float32, enabled=loop.autocast is not None):
+        loss, _ = loss_fn(x, y)
+    finite = bool(torch.isfinite(loss))
+    if not finite and not loop.ctx.enabled:
+        raise _diverged(desc, loss.item(), epoch, step, loop.optimizer)
+    loop.optimizer.zero_grad(set_to_none=True)
+    if loop.scaler is not None:
+        return _scaled_step(loop, loss, cfg)
+    loss.backward()
+    if loop.ctx.enabled:
+        # Every process must reach the same verdict or the others hang in the next all-reduce:
+        # the averaged gradients are non-finite everywhere as soon as one process's loss is.
+        norm = (nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip) if cfg.grad_clip
+                else nn.utils.get_total_norm([p.grad for p in loop.params if p.grad is not None]))
+        if not (finite and torch.isfinite(norm)):
+            raise _diverged(desc, loss.item(), epoch, step, loop.optimizer, gradients=finite)
+    elif cfg.grad_clip:
+        nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    return loss.item()
+
+
+def _scaled_step(loop: _Loop, loss: torch.Tensor, cfg: TrainConfig) -> float:
+    """fp16: the scaler skips a step whose gradients overflowed and lowers its scale, instead of diverging."""
+    loop.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        loop.scaler.unscale_(loop.optimizer)
+        nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.scheduler.step()
+    return loss.item()
+
+
+def _record_epoch(progress: _Progress, model: nn.Module, val: Split, loop: _Loop, train_loss: float, epoch: int,
+                  cfg: TrainConfig, desc: str) -> None:
+    """Validate, log, and keep the weights when this epoch is the best so far."""
+    val_accuracy, val_loss = _validate(model, val, loop.ctx)
+    progress.history.append({"epoch": epoch, "loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss,
+                             "lr": loop.optimizer.param_groups[0]["lr"]})
+    if loop.ctx.is_main:
+        tqdm.write(f"{desc} epoch {epoch}/{cfg.epochs}: loss {train_loss:.4f}  val acc {val_accuracy:.4f}"
+                   f"  val loss {val_loss:.4f}")
+    if improves(val_accuracy, val_loss, progress.best_accuracy, progress.best_loss):
+        progress.best_accuracy, progress.best_loss, progress.best_epoch = val_accuracy, val_loss, epoch
+        progress.best_state = [copy.deepcopy(m.state_dict()) for m in loop.modules]
 
 
 def _weights_digest(modules: Sequence[nn.Module]) -> str:
@@ -332,8 +437,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.07
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    outputs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
-               for i in range(0, len(x), batch_size)]
+    with torch.no_grad():
+        outputs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
+                   for i in range(0, len(x), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 

@@ -7,6 +7,7 @@ width, so a student is the teacher's architecture at a smaller width (and possib
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -414,8 +415,10 @@ def call_factory(factory: str) -> nn.Module:
         builder = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise CompressError(f"cannot import teacher factory {factory!r}: {exc}") from exc
-    if not callable(builder):
-        raise CompressError(f"teacher factory {factory!r} is not a function")
+    # Only code written in Python: a builtin (os:system, os:abort, builtins:exec) is never a model builder.
+    if not (inspect.isfunction(builder) or (inspect.isclass(builder) and issubclass(builder, nn.Module))):
+        raise CompressError(f"teacher factory {factory!r} is a {type(builder).__name__}, not a Python function or class: "
+                            "give the function (or nn.Module class) that builds your model, as 'package.module:function'")
     try:
         model = builder()
     except Exception as exc:  # the user's code may raise anything
@@ -456,3 +459,22 @@ def _state_dict_mismatch(model: nn.Module, state: dict) -> str:
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {shapes[0]}")
     return "; ".join(parts)
+
+
+def check_fits_data(model: nn.Module, data, what: str) -> None:
+    """``model`` must map a real batch of ``data`` to one logit per class: say so in one line before a stage
+    trains or exports a model made for other data (a shape error deep in a layer names no file)."""
+    from compress.errors import first_line
+
+    batch = torch.from_numpy(data.val.x[:2])
+    shape = ", ".join(str(n) for n in data.input_shape)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(batch)
+    except Exception as exc:  # a forward pass can raise anything on inputs of the wrong shape
+        raise CompressError(f"{what} does not take the inputs of dataset {data.name} ([N, {shape}]): {first_line(exc, 160)}; "
+                            "give the data the model was made for (--data, data.image_size)") from exc
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != data.num_classes:
+        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CompressError(f"{what} outputs {found} for a batch of dataset {data.name}, which has {data.num_classes} "
+                            "classes: give the data the model was made for (--data)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from compress.data import Dataset
 from compress.errors import CompressError
-from compress.fsutil import atomic_path, write_json, write_text
+from compress.fsutil import atomic_path, private_tempdir, write_json, write_text
 from compress.latency import Target, TimingRules, cold_start, latency_summary, ratio_over_rounds, time_interleaved, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
@@ -145,7 +144,11 @@ def run(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset | None, out
     out_dir.mkdir(parents=True, exist_ok=True)
     phases = _phases(cfg, data)
     results = {}
-    interleaved = interleaved_latency(inputs, data, cfg) if cfg.interleave and len(inputs) > 1 else {}
+    # Each model's session is opened and checked once: the interleaved timing needs its feed, and
+    # benchmark_model the session itself.
+    prepared = {name: _prepared(Path(path), data, cfg) for name, path in inputs.items()}
+    interleaved = (interleaved_latency(inputs, {name: p[3] for name, p in prepared.items()}, cfg)
+                   if cfg.interleave and len(inputs) > 1 else {})
     with tqdm(total=len(inputs) * len(phases), desc="benchmark", unit="step", disable=None) as bar:
         for name, path in inputs.items():
             def done(phase: str, name: str = name) -> None:
@@ -153,7 +156,7 @@ def run(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset | None, out
                 bar.update(1)
 
             results[name] = benchmark_model(Path(path), data, cfg, out_dir=out_dir, name=name, progress=done,
-                                            latency=interleaved.get(name))
+                                            latency=interleaved.get(name), prepared=prepared.pop(name))
     outputs = {"benchmark_json": out_dir / "benchmark.json", "benchmark_md": out_dir / "benchmark.md"}
     plots = write_plots(results, out_dir, cfg) if cfg.plot else {}
     outputs.update(plots)
@@ -173,9 +176,8 @@ def run(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset | None, out
     return StageResult(outputs, metrics)
 
 
-def interleaved_latency(model_paths: dict[str, Path], data: Dataset | None, cfg: BenchmarkConfig) -> dict:
+def interleaved_latency(model_paths: dict[str, Path], feeds: dict[str, dict], cfg: BenchmarkConfig) -> dict:
     """Batch-1 (latency batch) timings of every model in alternating rounds in one worker process."""
-    feeds = {name: _prepared(Path(path), data, cfg)[3] for name, path in model_paths.items()}
     timed = time_interleaved({name: Path(path) for name, path in model_paths.items()}, feeds, target_of(cfg),
                              TimingRules.of(cfg), rounds=cfg.rounds, round_seconds=cfg.min_seconds / cfg.rounds,
                              round_runs=-(-cfg.min_runs // cfg.rounds))
@@ -207,17 +209,17 @@ def _prepared(path: Path, data: Dataset | None, cfg: BenchmarkConfig):
 
 def benchmark_model(path: Path, data: Dataset | None, cfg: BenchmarkConfig, out_dir: Path | None = None,
                     name: str | None = None, progress: Callable[[str], None] | None = None,
-                    latency: Timing | None = None) -> dict:
+                    latency: Timing | None = None, prepared: tuple | None = None) -> dict:
     """Every measurement of one model. Timing runs in a fresh worker process (compress/worker.py); this
     process checks the inputs, reads the graph's statistics, profiles and scores accuracy. ``latency``:
     this model's share of an interleaved measurement (see ``interleaved_latency``), used instead of
-    timing its latency again."""
+    timing its latency again. ``prepared``: what ``_prepared`` returned for ``path``, if the caller has it."""
     path, name = Path(path), name or Path(path).stem
     progress = progress or (lambda phase: None)
     provider = resolve_provider(cfg.provider)
     dims = cfg.dim_values()
     model = load_onnx(path)
-    session, specs, feed_for, feed = _prepared(path, data, cfg)
+    session, specs, feed_for, feed = prepared or _prepared(path, data, cfg)
     batch = _latency_batch(specs, dims)
     result = {
         "path": str(path), "provider": provider, "provider_options": cfg.provider_option_values(),
@@ -432,7 +434,7 @@ def _no_transfer_reason(provider: str) -> str:
 def profile_operators(path: Path, feed: dict, cfg: BenchmarkConfig, out_dir: Path | None, name: str) -> dict:
     """onnxruntime's profiler over ``cfg.profile_runs`` runs in a separate session (profiling slows runs,
     so it never touches the timed session): kernel time per operator type and per node."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with private_tempdir("benchmark") as tmp:
         session = _session(path, cfg, profile_prefix=str(Path(tmp) / "profile"))
         for _ in range(PROFILE_WARMUP_RUNS + cfg.profile_runs):
             session.run(None, feed)

@@ -13,7 +13,7 @@ from compress.distillation import MODES, distill, init_student, train_supervised
 from compress.manifest import StageResult
 from compress.metrics import model_stats
 from compress.train import TrainConfig, evaluate, seed_everything
-from compress.zoo import ModelSpec, build_model
+from compress.zoo import ModelSpec, build_model, check_fits_data
 
 
 @dataclass
@@ -48,6 +48,7 @@ def run(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir: Pat
     teacher_path = inputs["teacher"]
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_model(teacher_path)
+    check_fits_data(teacher, data, f"teacher {teacher_path}")
     seed_everything(cfg.train.seed)
     student = build_model(cfg.student, data.input_shape, data.num_classes)
     init_note = init_student(student, teacher, data.input_shape) if cfg.init_from_teacher else "random init (disabled)"

@@ -8,6 +8,7 @@ from compress.data import Dataset
 from compress.fsutil import sha256
 from compress.manifest import StageResult, compress_version
 from compress.onnx_export import ExportConfig, export_model
+from compress.zoo import check_fits_data
 
 __all__ = ["ExportConfig", "run"]
 
@@ -19,6 +20,8 @@ def run(cfg: ExportConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path
     for name, model_path in inputs.items():
         onnx_path = out_dir / f"{name}.onnx"
         info = {"artifact": name, "source_sha256": sha256(model_path), "compress": compress_version()}
-        metrics[name] = export_model(load_model(model_path), onnx_path, data, cfg, info)
+        model = load_model(model_path)
+        check_fits_data(model, data, f"model {model_path}")
+        metrics[name] = export_model(model, onnx_path, data, cfg, info)
         outputs[name] = onnx_path
     return StageResult(outputs, metrics)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from compress.checkpoint import load_model, save_model
 from compress.data import Dataset, batches
 from compress.distillation import distill, distillation_loss
 from compress.errors import CompressError
-from compress.fsutil import write_json, write_text
+from compress.fsutil import private_tempdir, write_json, write_text
 from compress.latency import Target, TimingRules, latency_summary, time_jobs
 from compress.manifest import StageResult
 from compress.metrics import model_stats
@@ -125,11 +124,11 @@ def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path)
         raise CompressError(f"{model_path} is TorchScript, which cannot be pruned: give a model saved by compress "
                             "(or a factory and state_dict)")
     protected = protected_layers(model, cfg)
-    with tempfile.TemporaryDirectory(prefix="prune-") as tmp:
+    with private_tempdir("prune") as tmp:
         work = Path(tmp)
         before_onnx = work / "before.onnx"
         verification = verify(model, data, before_onnx, cfg, "the unpruned model")
-        before = {**snapshot(model, data), "latency": measure_latency(before_onnx, data, cfg),
+        before = {**snapshot(model, data), "latency": file_latency(before_onnx, data, cfg),
                   "onnx_bytes": before_onnx.stat().st_size, "parity": verification}
         if cfg.target == "sparsity":
             model, metrics = prune_unstructured(model, teacher, data, cfg, protected, before, work)
@@ -193,7 +192,7 @@ def prune_structured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: P
                                           "train_s": round(result.wall_s, 2), "history": result.history}})
     final_onnx = work / "final.onnx"
     final_parity = verify(model, data, final_onnx, cfg, "the fine-tuned model")
-    final_latency = measure_latency(final_onnx, data, cfg)
+    final_latency = file_latency(final_onnx, data, cfg)
     after_prune = {**{k: v for k, v in rounds[-1]["after_prune"].items() if k != "prune_s"},
                    "latency": final_latency, "onnx_bytes": final_onnx.stat().st_size}
     if cfg.target == "channels":
@@ -246,7 +245,7 @@ def resolve_target(cfg: PruneConfig, before: dict, teacher: nn.Module, data: Dat
     elif cfg.latency_reference == "teacher":
         teacher_onnx = work / "teacher.onnx"
         verify(teacher, data, teacher_onnx, cfg, "the teacher")
-        reference = {"source": "teacher", "p50_ms": measure_latency(teacher_onnx, data, cfg)["p50_ms"]}
+        reference = {"source": "teacher", "p50_ms": file_latency(teacher_onnx, data, cfg)["p50_ms"]}
         goal = (1 - cfg.amount) * reference["p50_ms"]
     else:
         goal = (1 - cfg.amount) * start
@@ -347,7 +346,7 @@ def prune_step(model: nn.Module, teacher: nn.Module, data: Dataset, cfg: PruneCo
     step = {"label": label, "importance": chosen[0], "allocation": _allocation(chosen[1]), "ratio": used_ratio,
             **stats, "groups": len(records),
             "channels_removed": sum(len(r.indices) for r in records if r.outputs),
-            "p50_ms": measure_latency(onnx_path, data, cfg)["p50_ms"], "parity": parity}
+            "p50_ms": file_latency(onnx_path, data, cfg)["p50_ms"], "parity": parity}
     if accuracies:
         step["auto_val_accuracy"] = {f"{c} {_allocation(g)}": accuracy for (c, g), accuracy in accuracies.items()}
     return candidate, step
@@ -462,7 +461,7 @@ def verify_step(model: nn.Module, candidate: nn.Module, records: list[GroupRecor
     try:
         return verify(candidate, data, onnx_path, cfg, f"the model after pruning {label}")
     except CompressError as exc:
-        with tempfile.TemporaryDirectory(prefix="prune-replay-") as tmp:
+        with private_tempdir("prunereplay") as tmp:
             probe = Path(tmp) / "probe.onnx"
             found = find_breaking_group(model, data.input_shape, records,
                                         lambda m: verify(m, data, probe, cfg, "the partly pruned model"))
@@ -488,7 +487,7 @@ def check_runs(model: nn.Module, data: Dataset) -> None:
         raise CompressError(f"pruned model is broken: logits of shape {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}")
 
 
-def measure_latency(onnx_path: Path, data: Dataset, cfg: PruneConfig) -> dict:
+def file_latency(onnx_path: Path, data: Dataset, cfg: PruneConfig) -> dict:
     """p50/p90 latency at batch 1 of an ONNX file on the configured provider (a real test sample), timed by
     the shared harness in a fresh worker process."""
     input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
@@ -513,7 +512,7 @@ def latency_floor(data: Dataset, cfg: PruneConfig, work: Path) -> float:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"])])
     path = work / "floor.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return measure_latency(path, data, cfg)["p50_ms"]
+    return file_latency(path, data, cfg)["p50_ms"]
 
 
 def _stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
@@ -548,7 +547,7 @@ def prune_unstructured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg:
     make_permanent(model)
     final_onnx = work / "final.onnx"
     parity = verify(model, data, final_onnx, cfg, "the fine-tuned sparse model")
-    latency = measure_latency(final_onnx, data, cfg)
+    latency = file_latency(final_onnx, data, cfg)
     sparse = weight_sparsity(model, tuple(protected))
     overall = weight_sparsity(model)
     sizes = {"dense_onnx_bytes": before["onnx_bytes"], "dense_gzip_bytes": _gzip_size(work / "before.onnx"),

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from compress import quant_analysis as qa
 from compress.data import Dataset
 from compress.errors import CompressError
-from compress.fsutil import atomic_path, working_directory
+from compress.fsutil import atomic_path, private_tempdir, working_directory
 from compress.latency import Target, TimingRules, time_interleaved
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
@@ -196,11 +195,18 @@ def report_paths(output: Path) -> tuple[Path, Path]:
 def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path) -> dict:
     """Quantize ``model_path`` into ``output`` as ``cfg`` asks; returns what was measured and decided."""
     model_path, output = Path(model_path).resolve(), Path(output).resolve()
-    load_onnx(model_path)
+    source = load_onnx(model_path)
+    if any(prop.key == "quantization" for prop in source.metadata_props):
+        raise CompressError(f"{model_path} is already quantized by compress quantize: quantize the fp32 model it was made "
+                            "from instead")
     provider = resolve_provider(cfg.provider)
     fp32_session = make_session(model_path, cfg.provider, cfg.threads)
     input_name = check_input(fp32_session, data.input_shape, f"dataset {data.name}")
-    with tempfile.TemporaryDirectory(prefix="compress-quantize.") as tmp, working_directory(Path(tmp)):
+    classes = fp32_session.get_outputs()[0].shape[-1]
+    if isinstance(classes, int) and classes != data.num_classes:
+        raise CompressError(f"{model_path} outputs {classes} classes but dataset {data.name} has {data.num_classes}: "
+                            "calibrate and measure it on the data it was trained on (--data)")
+    with private_tempdir("quantize") as tmp, working_directory(Path(tmp)):
         work = QuantizationJob(cfg, model_path, data, input_name, Path(tmp))
         support = qa.cpu_int8_support()
         stats = onnx_stats(work.source_model)
@@ -474,7 +480,7 @@ class QuantizationJob:
             reason = (f"{cfg.mode} mode: val drop {chosen['val_drop_points']:.2f} points "
                       f"({'within' if chosen['within_budget'] else 'OVER'} the {cfg.max_accuracy_drop:g}-point budget)")
             return chosen, decision, reason, []
-        latencies = measure_latency({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
+        latencies = interleaved_p50s({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
                                     self.data.val.x[:1], self.input_name, cfg)
         fp32_ms = latencies["fp32"]
         timings = [{"candidate": "fp32", "format": "fp32", "types": "float32", "p50_ms": fp32_ms, "speedup": 1.0,
@@ -543,7 +549,7 @@ def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
     return data.train.x[np.array(order[:count])]
 
 
-def measure_latency(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
+def interleaved_p50s(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:
     """p50 batch-1 latency (ms) of each model on ``cfg.provider``, timed by the shared harness in rounds that
     alternate between the models in one worker process, so that a slow spell of the machine hits them all alike."""
     feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}

@@ -90,3 +90,13 @@ def quick_toml(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "quick.toml"
     path.write_text(to_toml(to_dict(PipelineConfig.quick())))
     return path
+
+
+SLOW_FIXTURES = {"default_run", "edge_python"}  # the default pipeline run; a virtualenv installed for the edge app
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a slow fixture as slow, so `-m "not slow"` never starts one."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

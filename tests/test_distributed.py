@@ -62,6 +62,7 @@ DISTILL_SETTINGS = ["--data", "digits", "--set", 'distill.student.arch="mlp"', "
                     "--set", "distill.train.lr=0.003", "--set", "distill.train.augment=false"]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_distillation_matches_single_process(tmp_path, mlp_teacher_path, digits):
     args = ["distill", "--teacher", str(mlp_teacher_path), *DISTILL_SETTINGS]
     two = subprocess.run([sys.executable, "-m", "compress", *args, "--out", str(tmp_path / "two"), "--nproc", "2"],
@@ -121,6 +122,7 @@ def _ddp_worker(rank: int, store: str, out_dir: str) -> None:
     teardown()
 
 
+@pytest.mark.slow
 def test_ddp_keeps_processes_in_step_and_stops_them_together_on_nan(tmp_path):
     spawned = mp.start_processes(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
                                  join=False, start_method="spawn")

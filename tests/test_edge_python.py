@@ -3,10 +3,12 @@ torch nor compress, on bundles shipped from the quick pipeline run and from the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import zlib
 from importlib.metadata import version
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from compress.ship import ShipBundleConfig, preprocess_image, ship
+from compress.ship import BundleConfig, preprocess_image, ship
 
 APP = Path(__file__).resolve().parents[1] / "edge_demo" / "python" / "classify.py"
 
@@ -38,7 +40,7 @@ def bundle(quick_run, tmp_path_factory):
     """The quick run's int8 bundle: (folder, model.json)."""
     run_dir, _ = quick_run
     out = tmp_path_factory.mktemp("edge_python") / "bundle"
-    return out, ship(ShipBundleConfig(artifact="int8"), run_dir, out)
+    return out, ship(BundleConfig(artifact="int8"), run_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +48,17 @@ def default_bundle(default_run, tmp_path_factory):
     """The bundle `compress ship` makes of the default run (the artifact the pipeline chose): (folder, model.json)."""
     run_dir, _ = default_run
     out = tmp_path_factory.mktemp("edge_python_default") / "bundle"
-    return out, ship(ShipBundleConfig(), run_dir, out)
+    return out, ship(BundleConfig(), run_dir, out)
+
+
+# The edge virtualenv must see only what it installed, not a developer's PYTHONPATH pointing at compress.
+EDGE_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
 def run_app(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
     # From a folder outside the repository, so nothing of compress can be picked up by accident.
-    return subprocess.run([str(python), str(APP), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([str(python), str(APP), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env=EDGE_ENV)
 
 
 def spec_of(info: dict) -> dict:
@@ -60,9 +67,11 @@ def spec_of(info: dict) -> dict:
 
 def test_the_virtualenv_has_neither_torch_nor_compress(edge_python, tmp_path):
     for module in ("torch", "compress"):
-        result = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path)
+        result = subprocess.run([str(edge_python), "-c", f"import {module}"], capture_output=True, cwd=tmp_path,
+                                env=EDGE_ENV)
         assert result.returncode != 0, f"{module} is importable in the edge virtualenv"
-    assert subprocess.run([str(edge_python), "-c", "import onnxruntime, numpy, PIL"], cwd=tmp_path).returncode == 0
+    assert subprocess.run([str(edge_python), "-c", "import onnxruntime, numpy, PIL"], cwd=tmp_path,
+                          env=EDGE_ENV).returncode == 0
 
 
 @pytest.mark.parametrize("model_format", ["ort", "onnx"])
@@ -134,12 +143,34 @@ def _no_model_json(folder: Path, info: dict) -> None:
     (folder / "model.json").unlink()
 
 
+def _tampered(change):
+    """A damage that edits model.json (it is not hashed: the app must check its shape itself)."""
+    def damage(folder: Path, info: dict) -> None:
+        (folder / "model.json").write_text(json.dumps(change(info)))
+    return damage
+
+
+def _model_outside_the_bundle(info: dict) -> dict:
+    info["models"]["ort"] = "../elsewhere/model.ort"
+    info["files"]["../elsewhere/model.ort"] = info["files"]["model.ort"]
+    return info
+
+
 @pytest.mark.parametrize("damage, message", [
     (_missing_file, r"^error: bundle file model\.ort is missing from .*: copy the whole bundle folder"),
     (_hash_mismatch, r"^error: bundle file model\.onnx is corrupt: sha256 [0-9a-f]{12}\.\.\. does not match"),
     (_wrong_input_size, r"^error: wrong input size: model\.ort takes input \[batch, 1, 8, 8\] but model\.json "
                         r"declares \[N, 1, 28, 28\]"),
     (_no_model_json, r"^error: .*model\.json is missing: .* is not a bundle made by `compress ship`"),
+    (_tampered(lambda info: [info]), r"^error: .*model\.json holds a JSON list, not an object"),
+    (_tampered(lambda info: {**info, "files": {k: {"bytes": 1} for k in info["files"]}}),
+     r"^error: .*model\.json is damaged: 'files' must map each file name to its sha256"),
+    (_tampered(lambda info: {k: v for k, v in info.items() if k != "input"}),
+     r"^error: .*model\.json is not a compress bundle description \(missing input\)"),
+    (_tampered(lambda info: {**info, "preprocessing": {**info["preprocessing"], "mean": [0.1, 0.2, 0.3]}}),
+     r"^error: .*model\.json is damaged: preprocessing mean must be 1 number\(s\), one per input channel"),
+    (_tampered(_model_outside_the_bundle), r"^error: .*model\.json is damaged: file '\.\./elsewhere/model\.ort' lies "
+                                           r"outside the bundle folder"),
 ])
 def test_bad_bundles_get_one_clear_line(edge_python, bundle, tmp_path, damage, message):
     folder, info = bundle
@@ -151,6 +182,24 @@ def test_bad_bundles_get_one_clear_line(edge_python, bundle, tmp_path, damage, m
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+def _bomb_png(path: Path, side: int = 20000) -> Path:
+    """A PNG whose header claims side x side pixels: Pillow refuses it on open, before decoding anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_image_is_one_line(edge_python, bundle, tmp_path):
+    folder, _ = bundle
+    result = run_app(edge_python, folder, _bomb_png(tmp_path / "huge.png"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.fullmatch(r"error: image .*huge\.png is too large to decode safely \(.*\): resize it", result.stderr.strip())
 
 
 def test_missing_image_and_failed_self_test(edge_python, bundle, tmp_path):

@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from compress.data import DataConfig, load_dataset
-from compress.ship import ShipBundleConfig, preprocess_image, ship, to_unit_range
+from compress.ship import BundleConfig, preprocess_image, ship, to_unit_range
 
 WEB = Path(__file__).resolve().parents[1] / "edge_demo" / "web"
+pytestmark = pytest.mark.browser
 
 
 def _load(name: str):
@@ -52,9 +53,9 @@ def bundles(quick_run, default_run, tmp_path_factory):
     three damaged copies."""
     run_dir, _ = quick_run
     root = tmp_path_factory.mktemp("edge_web")
-    info = {"bundle": ship(ShipBundleConfig(), run_dir, root / "bundle"),
-            "int8": ship(ShipBundleConfig(artifact="int8"), run_dir, root / "int8"),
-            "default": ship(ShipBundleConfig(), default_run[0], root / "default")}
+    info = {"bundle": ship(BundleConfig(), run_dir, root / "bundle"),
+            "int8": ship(BundleConfig(artifact="int8"), run_dir, root / "int8"),
+            "default": ship(BundleConfig(), default_run[0], root / "default")}
     for name in ("bad-hash", "bad-missing", "bad-size"):
         shutil.copytree(root / "int8", root / name)
     with open(root / "bad-hash" / "model.onnx", "ab") as handle:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,7 @@ def test_an_unfinished_run_is_not_overwritten_either(run_copy):
         run_pipeline(PipelineConfig.quick(), run_copy)
 
 
+@pytest.mark.slow
 def test_force_reruns_every_stage(run_copy):
     before = _stage_files(run_copy)
     manifest = run_pipeline(PipelineConfig.quick(), run_copy, force=True)
@@ -87,7 +89,8 @@ def test_force_reruns_every_stage(run_copy):
 
 
 def test_the_lock_refuses_a_concurrent_run(run_copy):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A live compress process holds the lock (a live process that is not compress would not: its lock is stale).
+    other = subprocess.Popen([sys.executable, "-c", "import compress, time; time.sleep(60)"], cwd=Path(__file__).parents[1])
     try:
         (run_copy / ".lock").write_text(str(other.pid))
         with pytest.raises(CompressError, match=rf"is in use by another compress process \(pid {other.pid}\)"):

@@ -68,6 +68,7 @@ def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(distributed, "epoch_indices", indices)
 
 
+@pytest.mark.slow
 def test_fit_resumes_exactly_from_the_last_epoch_checkpoint(digits, tmp_path, monkeypatch):
     reference_model, reference = _train(digits, CFG)
     with monkeypatch.context() as patch:
@@ -104,6 +105,7 @@ TEACHER_ARGS = ["teacher", "--data", "digits", "--set", 'teacher.source="train"'
                 "--set", "teacher.train.lr=0.003"]
 
 
+@pytest.mark.slow
 def test_cli_resume_continues_a_killed_training(tmp_path, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "t"
@@ -210,6 +212,7 @@ def _manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_pipeline_killed_in_distillation_and_in_quantization_resumes_intact(tmp_path, digits):
     run_dir, marker = tmp_path / "run", tmp_path / "quantized"
     script = tmp_path / "compress_hanging_in_quantize.py"

@@ -14,7 +14,7 @@ from compress.cli import main
 from compress.data import DataConfig, load_dataset
 from compress.errors import CompressError
 from compress.fsutil import sha256
-from compress.ship import ShipBundleConfig, _image_spec, preprocess_image, ship
+from compress.ship import BundleConfig, _image_spec, preprocess_image, ship
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,14 @@ def chosen_bundle(quick_run, tmp_path_factory):
     """The quick run's bundle with the pipeline's choice: (folder, model.json)."""
     run_dir, _ = quick_run
     out = tmp_path_factory.mktemp("ship") / "bundle"
-    return out, ship(ShipBundleConfig(), run_dir, out)
+    return out, ship(BundleConfig(), run_dir, out)
 
 
 @pytest.fixture(scope="module")
 def int8_bundle(quick_run, tmp_path_factory):
     run_dir, _ = quick_run
     out = tmp_path_factory.mktemp("ship") / "int8"
-    return out, ship(ShipBundleConfig(artifact="int8"), run_dir, out)
+    return out, ship(BundleConfig(artifact="int8"), run_dir, out)
 
 
 def _session(path):
@@ -126,22 +126,22 @@ def test_cli_ship_writes_a_bundle_and_refuses_to_overwrite(quick_run, tmp_path):
 def test_unknown_artifact_names_the_choices(quick_run, tmp_path):
     run_dir, _ = quick_run
     with pytest.raises(CompressError, match=r"unknown artifact 'best': this run has teacher, student, pruned, int8"):
-        ship(ShipBundleConfig(artifact="best"), run_dir, tmp_path / "b")
+        ship(BundleConfig(artifact="best"), run_dir, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
 def test_missing_or_unfinished_run_is_refused(quick_run, tmp_path):
     run_dir, manifest = quick_run
     with pytest.raises(CompressError, match="run folder not found"):
-        ship(ShipBundleConfig(), tmp_path / "nowhere", tmp_path / "b")
+        ship(BundleConfig(), tmp_path / "nowhere", tmp_path / "b")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CompressError, match="has no manifest.json"):
-        ship(ShipBundleConfig(), tmp_path / "empty", tmp_path / "b")
+        ship(BundleConfig(), tmp_path / "empty", tmp_path / "b")
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run_dir, unfinished)
     (unfinished / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
     with pytest.raises(CompressError, match="unfinished run: finish it with .*--resume"):
-        ship(ShipBundleConfig(), unfinished, tmp_path / "b")
+        ship(BundleConfig(), unfinished, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
@@ -152,7 +152,7 @@ def test_changed_artifact_is_refused_and_nothing_is_written(quick_run, tmp_path)
     with open(copy / manifest["ship"]["path"], "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(CompressError, match=r"changed since the run recorded it \(sha256 mismatch\)"):
-        ship(ShipBundleConfig(), copy, tmp_path / "b")
+        ship(BundleConfig(), copy, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
@@ -172,4 +172,4 @@ def test_non_image_models_are_refused(tmp_path):
 ])
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
-        ShipBundleConfig(**{field: value})
+        BundleConfig(**{field: value})

@@ -4,6 +4,11 @@
     python classify.py BUNDLE digit.png photos/ --top-k 3
     python classify.py BUNDLE --self-test          # the bundle's own known samples must come back right
     python classify.py BUNDLE --bench 1000 --json  # latency of the model alone, as JSON
+    python classify.py TEXT_BUNDLE --text "The match ended in a draw"   # text bundles: raw text in
+    python classify.py TEXT_BUNDLE --text-file reviews.txt --json      # one text per line
+
+Text bundles (model.json "task": "text-classification") also need the tokenizers package
+(requirements-text.txt): the bundle's tokenizer.json turns raw text into input_ids/attention_mask.
 
 The bundle is checked before anything runs: every file listed in model.json must be there with the
 sha256 recorded at shipping time, and the model's input must have the size model.json declares.
@@ -66,6 +71,8 @@ class Bundle:
                 image = img.convert("L" if self.channels == 1 else "RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise BundleError(f"cannot read image {path}: {exc}") from exc
+        except Image.DecompressionBombError as exc:
+            raise BundleError(f"image {path} is too large to decode safely ({exc}): resize it") from exc
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
@@ -92,12 +99,65 @@ def read_model_json(folder: Path) -> dict:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}): re-create the bundle with compress ship") from exc
-    missing = [key for key in ("format", "files", "models", "input", "preprocessing", "classes")
-               if not isinstance(info, dict) or key not in info]
+    if not isinstance(info, dict):
+        raise BundleError(f"{path} holds a JSON {type(info).__name__}, not an object: re-create the bundle with compress ship")
+    missing = [key for key in ("format", "files", "models", "input", "preprocessing", "classes") if key not in info]
     if missing or info.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a compress bundle description (missing {', '.join(missing) or 'format'}): "
                           "re-create the bundle with compress ship")
+    problem = model_json_problem(folder, info)
+    if problem:
+        raise BundleError(f"{path} is damaged: {problem}; re-create the bundle with compress ship")
     return info
+
+
+def model_json_problem(folder: Path, info: dict) -> str | None:
+    """What is wrong with model.json's fields (None when every field this app reads has the right shape)."""
+    files = info["files"]
+    if not isinstance(files, dict) or not all(isinstance(r, dict) and isinstance(r.get("sha256"), str) for r in files.values()):
+        return "'files' must map each file name to its sha256"
+    outside = [name for name in files if not inside(folder, name)]
+    if outside:
+        return f"file {outside[0]!r} lies outside the bundle folder"
+    models = info["models"]
+    if not isinstance(models, dict) or not all(isinstance(models.get(key), str) for key in ("onnx", "ort")):
+        return "'models' must name the onnx and ort files"
+    for key in ("onnx", "ort"):
+        if not inside(folder, models[key]):
+            return f"the {key} model {models[key]!r} lies outside the bundle folder"
+    if not isinstance(info["classes"], list) or not info["classes"]:
+        return "'classes' must be a non-empty list"
+    if info.get("task") == "text-classification":
+        return None  # no image geometry; TextBundle checks the tokenizer it loads
+    shape = info["input"]
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] >= 1 for k in ("channels", "height", "width")):
+        return "'input' must give channels, height and width as positive integers"
+    pre = info["preprocessing"]
+    for key in ("mean", "std"):
+        values = pre.get(key) if isinstance(pre, dict) else None
+        if not isinstance(values, list) or len(values) != shape["channels"] or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return f"preprocessing {key} must be {shape['channels']} number(s), one per input channel"
+    if not all(v > 0 for v in pre["std"]):
+        return "preprocessing std must be positive"
+    if not isinstance(info["classes"], list) or not info["classes"]:
+        return "'classes' must be a non-empty list"
+    samples = info.get("samples", [])
+    if not isinstance(samples, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) and "label" in s
+                                                for s in samples):
+        return "'samples' must be a list of {file, label}"
+    outside = [s["file"] for s in samples if not inside(folder, s["file"])]
+    if outside:
+        return f"sample {outside[0]!r} lies outside the bundle folder"
+    return None
+
+
+def inside(folder: Path, name: str) -> bool:
+    """A relative file name that stays inside ``folder`` (no absolute path, no .., no symlink out of it)."""
+    if not name or Path(name).is_absolute():
+        return False
+    root = folder.resolve()
+    return (root / name).resolve().is_relative_to(root)
 
 
 def check_files(folder: Path, info: dict) -> None:
@@ -143,6 +203,117 @@ def check_signature(session: ort.InferenceSession, info: dict, model_name: str) 
         raise BundleError(f"{model_name} scores {classes} classes but model.json lists {len(info['classes'])}; "
                           "re-create the bundle")
     return inputs[0].name
+
+
+class TextBundle:
+    """A checked text bundle: model.json, an onnxruntime session and the bundle's own tokenizer.json."""
+
+    def __init__(self, folder: Path, model_format: str = "ort", threads: int = 1):
+        self.folder = Path(folder)
+        self.info = read_model_json(self.folder)
+        check_files(self.folder, self.info)
+        self.model_path = self.folder / self.info["models"][model_format]
+        started = time.perf_counter()
+        self.session = open_session(self.model_path, self.info, model_format, threads)
+        self.load_ms = 1000 * (time.perf_counter() - started)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        if self.input_names != self.info["input"].get("names"):
+            raise BundleError(f"{self.model_path.name} takes inputs {self.input_names} but model.json declares "
+                              f"{self.info['input'].get('names')}; re-create the bundle")
+        self.classes = [str(c) for c in self.info["classes"]]
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as missing:
+            raise BundleError(f"text bundles need the tokenizers package ({missing}): "
+                              "pip install -r edge_demo/python/requirements-text.txt") from missing
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.folder / self.info["tokenizer"]["file"]))
+        except Exception as exc:  # tokenizers raises a plain Exception for malformed files
+            raise BundleError(f"cannot read the bundle's tokenizer: {str(exc).splitlines()[0]}") from exc
+        self.tokenizer.enable_truncation(int(self.info["input"]["max_length"]))
+        pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Raw texts -> int64 [N, L] arrays, as model.json's preprocessing says (padded to the longest text)."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                   "token_type_ids": [e.type_ids for e in encodings]}
+        return {name: np.array(columns[name], dtype=np.int64) for name in self.input_names}
+
+    def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        logits = self.session.run(None, feed)[0]
+        return softmax(logits), 1000 * (time.perf_counter() - started)
+
+
+def is_text_bundle(folder: Path) -> bool:
+    return read_model_json(folder).get("task") == "text-classification"
+
+
+def classify_texts(bundle: TextBundle, texts: list[str], top_k: int) -> list[dict]:
+    results = []
+    for text in texts:
+        feed = bundle.encode([text])
+        probs, elapsed = bundle.run(feed)
+        order = np.argsort(-probs[0])[:top_k]
+        results.append({"text": text, "tokens": int(feed["input_ids"].shape[1]),
+                        "top": [{"label": bundle.classes[i], "probability": float(probs[0, i])} for i in order],
+                        "inference_ms": elapsed})
+    return results
+
+
+def read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.text or [])
+    if args.text_file:
+        path = Path(args.text_file)
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except FileNotFoundError:
+            raise BundleError(f"text file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
+    return texts
+
+
+def text_main(args: argparse.Namespace) -> int:
+    """The app for a text bundle: classify --text/--text-file, --self-test on its known texts, --bench."""
+    if args.images:
+        raise BundleError(f"{args.bundle} is a text bundle: give --text or --text-file instead of files")
+    bundle = TextBundle(Path(args.bundle), args.model_format, args.threads)
+    results = classify_texts(bundle, read_texts(args), args.top_k)
+    report = {"bundle": str(bundle.folder), "artifact": bundle.info.get("artifact"), "model": bundle.model_path.name,
+              "onnxruntime": ort.__version__, "threads": args.threads, "session_load_ms": bundle.load_ms,
+              "results": results, "bench": None}
+    correct = 0
+    if args.self_test:
+        samples = bundle.info.get("samples", [])
+        if not samples:
+            raise BundleError("model.json lists no known samples: re-create the bundle")
+        checks = classify_texts(bundle, [s["text"] for s in samples], 1)
+        for sample, check in zip(samples, checks):
+            check.update(expected=sample["label"], ok=check["top"][0]["label"] == sample["label"])
+            correct += check["ok"]
+        report["self_test"] = {"correct": correct, "total": len(checks), "results": checks}
+    if args.bench:
+        feed = bundle.encode([results[0]["text"] if results else bundle.info["samples"][0]["text"]])
+        for _ in range(WARMUP_RUNS):
+            bundle.run(feed)
+        report["bench"] = {"warmup_runs": WARMUP_RUNS, **percentiles([bundle.run(feed)[1] for _ in range(args.bench)])}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['model']} ({report['artifact']}) on onnxruntime {report['onnxruntime']}; session loaded in "
+              f"{report['session_load_ms']:.1f} ms")
+        for result in results:
+            top = "  ".join(f"{t['label']} {100 * t['probability']:5.1f}%" for t in result["top"])
+            print(f"{result['text'][:60]!r}: {top}  ({result['tokens']} tokens, {result['inference_ms']:.3f} ms)")
+        if "self_test" in report:
+            print(f"self-test: {correct}/{report['self_test']['total']} known samples correct")
+        if report["bench"]:
+            b = report["bench"]
+            print(f"bench: {b['runs']} runs at batch 1: p50 {b['p50_ms']:.3f} ms, p90 {b['p90_ms']:.3f} ms")
+    return 1 if args.self_test and correct != report["self_test"]["total"] else 0
 
 
 def needs_inversion(pixels: np.ndarray, background: str) -> bool:
@@ -242,9 +413,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench", type=int, metavar="RUNS", default=0,
                         help="also time RUNS inferences at batch 1 (after a warm-up) and report percentiles")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--text", action="append", metavar="TEXT", help="text bundles: a text to classify (repeatable)")
+    parser.add_argument("--text-file", metavar="FILE", help="text bundles: a UTF-8 file of texts, one per line")
     args = parser.parse_args(argv)
-    if not args.images and not args.self_test and not args.bench:
-        parser.error("give images or folders to classify, --self-test, or --bench RUNS")
+    if not args.images and not args.self_test and not args.bench and not args.text and not args.text_file:
+        parser.error("give images or folders to classify (--text/--text-file for text bundles), --self-test, "
+                     "or --bench RUNS")
     if args.top_k < 1 or args.threads < 0 or args.bench < 0:
         parser.error("--top-k must be >= 1, --threads >= 0 and --bench >= 0")
     return args
@@ -253,6 +427,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if is_text_bundle(Path(args.bundle)):
+            return text_main(args)
+        if args.text or args.text_file:
+            raise BundleError(f"{args.bundle} is an image bundle: give image files, not --text")
         bundle = Bundle(Path(args.bundle), args.model_format, args.threads)
         files = image_files(args.images)
         results, latency = classify(bundle, files, args.top_k, args.invert) if files else ([], None)

@@ -2,9 +2,13 @@
 // local npm package. Everything the page needs to know (input size, normalization, labels, how the
 // training images look) comes from the bundle's model.json, so one page serves any bundle.
 //
+// Text bundles (model.json "task": "text-classification") get a text box instead: the bundle's tokenizer.json
+// runs in wordpiece.js and the typed text is classified as you type.
+//
 // URL parameters: ?bundle=bundle/ (folder of the bundle), ?model=ort|onnx (which bundled model runs),
 // ?threads=1 (WebAssembly threads), ?bench=200 (timed runs for the latency figure).
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+import { TokenizerError, WordPieceTokenizer } from "./wordpiece.js";
 
 const params = new URLSearchParams(location.search);
 const BUNDLE = new URL((params.get("bundle") || "bundle/").replace(/\/?$/, "/"), location.href);
@@ -186,11 +190,12 @@ function softmax(logits) {
   return exps.map((v) => v / sum);
 }
 
-// One inference at a time: calls queue behind each other.
+// One inference at a time: calls queue behind each other. Takes the image tensor, or a text model's feeds.
 function infer(tensor) {
+  const feeds = tensor instanceof ort.Tensor ? { [inputName]: tensor } : tensor;
   const job = runQueue.then(async () => {
     const started = performance.now();
-    const output = await session.run({ [inputName]: tensor });
+    const output = await session.run(feeds);
     return { logits: Array.from(output[outputName].data), ms: performance.now() - started };
   });
   runQueue = job.catch(() => {});
@@ -422,8 +427,132 @@ function describe(modelName) {
     `${crossOriginIsolated ? "" : "not "}cross-origin isolated)${python}`;
 }
 
+// --- text bundles ---------------------------------------------------------------------------------
+let tokenizer;
+
+async function openTextSession() {
+  const name = info.models[MODEL_FORMAT];
+  if (!name || !(name in files)) {
+    throw new BundleError(`model.json names no ${MODEL_FORMAT} model: use ?model=onnx or ?model=ort`);
+  }
+  const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+  if (MODEL_FORMAT === "ort" && info.ort_format && info.ort_format.replay_saved_optimizations) {
+    options.extra = { session: { enable_saved_runtime_optimizations: "1" } };
+  }
+  try {
+    session = await ort.InferenceSession.create(files[name], options);
+  } catch (err) {
+    throw new BundleError(`onnxruntime-web cannot load ${name}: ${String(err.message || err).split("\n")[0]}`);
+  }
+  const declared = info.input.names || [];
+  if (session.inputNames.join(",") !== declared.join(",")) {
+    throw new BundleError(`${name} takes inputs [${session.inputNames.join(", ")}] but model.json declares ` +
+      `[${declared.join(", ")}]; re-create the bundle`);
+  }
+  outputName = session.outputNames[0];
+  const tokenizerFile = (info.tokenizer || {}).file;
+  if (!tokenizerFile || !(tokenizerFile in files)) {
+    throw new BundleError("model.json lists no tokenizer file: re-create the bundle");
+  }
+  tokenizer = WordPieceTokenizer.fromJSON(new TextDecoder().decode(files[tokenizerFile]));
+  return name;
+}
+
+function encodeText(text) {
+  return tokenizer.encode(text, { maxLength: info.input.max_length });
+}
+
+function textFeeds(encoding) {
+  const columns = { input_ids: encoding.inputIds, attention_mask: encoding.attentionMask,
+    token_type_ids: encoding.tokenTypeIds };
+  const feeds = {};
+  for (const name of info.input.names) {
+    feeds[name] = new ort.Tensor("int64", BigInt64Array.from(columns[name], (v) => BigInt(v)), [1, columns[name].length]);
+  }
+  return feeds;
+}
+
+async function predictText(text, source) {
+  const encoding = encodeText(text);
+  const { logits, ms } = await infer(textFeeds(encoding));
+  const probs = softmax(logits);
+  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
+  const best = order[0][1];
+  const result = { source, text, label: info.classes[best], index: best, probabilities: probs, logits, ms,
+    inputIds: encoding.inputIds };
+  state.lastResult = result;
+  const box = $("#prediction");
+  box.textContent = result.label;
+  Object.assign(box.dataset, { label: result.label, index: String(best), source, probs: JSON.stringify(probs) });
+  $("#topk").replaceChildren(...order.slice(0, 3).map(([p, i]) => {
+    const item = document.createElement("li");
+    item.innerHTML = `<b></b><span class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span></span>` +
+      `<span class="p">${(100 * p).toFixed(1)}%</span>`;
+    item.querySelector("b").textContent = info.classes[i];
+    return item;
+  }));
+  $("#tokens").textContent = `${encoding.tokens.length} tokens: ${encoding.tokens.join(" ")}`;
+  showLatency(ms);
+  return result;
+}
+
+async function textSelfTest() {
+  const samples = info.samples || [];
+  let correct = 0;
+  for (const sample of samples) {
+    const { logits } = await infer(textFeeds(encodeText(sample.text)));
+    correct += info.classes[logits.indexOf(Math.max(...logits))] === sample.label;
+  }
+  state.selfTest = { correct, total: samples.length };
+  const line = $("#text-selftest");
+  Object.assign(line.dataset, { correct: String(correct), total: String(samples.length) });
+  line.textContent = `self-test: ${correct}/${samples.length} known texts correct`;
+}
+
+function setUpTextBox() {
+  $("#draw-card").hidden = true;
+  $("#upload-card").hidden = true;
+  $("#model-view").closest("figure").hidden = true;
+  $("#text-card").hidden = false;
+  const box = $("#text");
+  let pending = null;
+  const classify = () => {
+    if (!box.value.trim()) return;
+    predictText(box.value, "typed").then(() => setStatus("ready", "classifying your text live")).catch(showError);
+  };
+  box.addEventListener("input", () => {
+    clearTimeout(pending);
+    pending = setTimeout(classify, 150);
+  });
+  $("#classify-text").addEventListener("click", classify);
+}
+
+async function textMain() {
+  const modelName = await openTextSession();
+  const m = info.metrics || {};
+  const size = (info.files[modelName].bytes / 1024).toFixed(1);
+  const accuracy = m.accuracy !== undefined ? `, test accuracy ${(100 * m.accuracy).toFixed(2)}%` : "";
+  $("#model-info").textContent = `${info.artifact} text model (${modelName}, ${size} KB): up to ` +
+    `${info.input.max_length} tokens, ${info.classes.length} classes${accuracy}`;
+  $("#footer").textContent = `onnxruntime-web ${ort.env.versions.web} (WebAssembly, ${THREADS} thread${THREADS > 1 ? "s" : ""}); ` +
+    `tokenizer: wordpiece.js reading the bundle's tokenizer.json`;
+  state.tokenize = (text) => encodeText(text);
+  state.WordPieceTokenizer = WordPieceTokenizer;  // for tests of other tokenizer.json files
+  state.classifyText = (text) => predictText(text, "api");
+  setUpTextBox();
+  await textSelfTest();
+  const samples = info.samples || [];
+  if (samples.length) {
+    state.bench = await benchmark(textFeeds(encodeText(samples[0].text)));
+    await predictText(samples[0].text, "sample:0");
+  }
+  state.ready = true;
+  setStatus("ready", `ready: ${info.artifact} text model checked (sha256 of ${Object.keys(info.files).length} files) and ` +
+    `loaded; self-test ${state.selfTest.correct}/${state.selfTest.total}`);
+}
+
 function showError(err) {
-  const message = err instanceof BundleError ? err.message : `unexpected problem: ${String(err.message || err).split("\n")[0]}`;
+  const message = err instanceof BundleError || err instanceof TokenizerError ? err.message : `unexpected problem: ${String(err.message || err).split("\n")[0]}`;
   state.error = message;
   setStatus("error", `error: ${message}`);
 }
@@ -431,6 +560,7 @@ function showError(err) {
 async function main() {
   [info, files] = await loadBundle();
   state.info = info;
+  if (info.task === "text-classification") return textMain();
   const modelName = await openSession();
   describe(modelName);
   setUpPad();

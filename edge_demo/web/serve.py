@@ -44,6 +44,24 @@ class DemoHandler(SimpleHTTPRequestHandler):
                 self.directory = default
         return super().translate_path(path)
 
+    def send_head(self):
+        """Serve only files inside the folder the URL maps to: a NUL byte is a bad request, and a path that
+        leaves the folder (a symlink in the bundle pointing to /etc/passwd, say) is not found."""
+        path = self.translate_path(self.path)
+        if "\x00" in path:
+            self.send_error(400, "bad path")
+            return None
+        first = urlsplit(self.path).path.lstrip("/").partition("/")[0]
+        root = Path(self.mounts[first] if first in self.mounts else self.directory).resolve()
+        try:
+            inside = Path(path).resolve().is_relative_to(root)
+        except (OSError, ValueError):
+            inside = False
+        if not inside:
+            self.send_error(404, "not found")
+            return None
+        return super().send_head()
+
     def end_headers(self) -> None:
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
         self.send_header("Cross-Origin-Embedder-Policy", "require-corp")

@@ -10,7 +10,7 @@ from torch import nn
 from compress.checkpoint import load_model
 from compress.errors import CompressError
 from compress.fsutil import sha256
-from compress.onnx_export import ExportConfig, export_model
+from compress.onnx_export import ExportConfig, check_parity, export_model
 from compress.onnxutil import make_session, metadata
 from compress.train import predict_logits
 from stages.export import run
@@ -82,10 +82,16 @@ def test_failing_parity_raises_and_leaves_no_file(tmp_path, digits):
 
 
 def test_tolerance_is_enforced(tmp_path, digits, mlp_teacher_path):
-    """atol=0 turns the usual float rounding differences (about 1e-6) into a failure."""
-    with pytest.raises(CompressError, match=r"allowed 0\)"):
-        export_model(load_model(mlp_teacher_path), tmp_path / "m.onnx", digits, ExportConfig(atol=0.0), {})
-    assert not (tmp_path / "m.onnx").exists()
+    """A PyTorch model that differs from the exported file by a known 5e-4 passes atol 1e-3 and fails atol 1e-4."""
+    model = load_model(mlp_teacher_path)
+    path = tmp_path / "m.onnx"
+    export_model(model, path, digits, ExportConfig(), {})
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += 5e-4
+    assert check_parity(model, path, digits, ExportConfig(atol=1e-3))["max_abs_diff"] > 1e-4
+    with pytest.raises(CompressError, match=r"allowed 0.0001\)"):
+        check_parity(model, path, digits, ExportConfig(atol=1e-4))
 
 
 def test_opset_is_written(tmp_path, digits, mlp_teacher_path):
