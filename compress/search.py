@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -182,8 +183,19 @@ def quantize_random(fp32: Path, int8: Path, input_shape: tuple[int, ...], seed: 
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(fp32), str(int8), RandomReader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = int8.with_name(f"{int8.stem}.pre.onnx")
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the quantizer's advice to pre-process (done) and its bias notes
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        quantize_static(str(prepared), str(int8), RandomReader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logger.setLevel(level)
+        prepared.unlink(missing_ok=True)
 
 
 class UntrainedTimer:
