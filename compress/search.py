@@ -439,9 +439,9 @@ def write_report(out_dir: Path, state: dict) -> None:
         u = c["untrained"]
         predicted = f"{c['predicted_p50_ms']:.4f}" if c["predicted_p50_ms"] is not None else "-"
         accuracies = ", ".join(f"{r['epochs']}e {100 * r['val_accuracy']:.1f}%" for r in c["rungs"]) or "-"
-        lines.append(f"| {name} | {c['macs'] / 1e6:.2f} | {c['params']} | {predicted} | "
+        lines.append(f"| {name} | {c['macs'] / 1e6:.3g} | {c['params']} | {predicted} | "
                      f"{u['p50_ms']:.4f} | {u['size_bytes'] / 1024:.1f} | {accuracies} | {c.get('dropped', '')} |"
-                     if u else f"| {name} | {c['macs'] / 1e6:.2f} | {c['params']} | {predicted} | - | - | - | "
+                     if u else f"| {name} | {c['macs'] / 1e6:.3g} | {c['params']} | {predicted} | - | - | - | "
                      f"{c.get('dropped', '')} |")
     write_text(out_dir / "search.md", "\n".join(lines) + "\n")
 
