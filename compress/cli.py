@@ -174,6 +174,35 @@ def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, npr
     click.echo(f"report: {Path(out_dir) / 'report.md'}")
 
 
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="Search folder: search.json/.md, candidates/.")
+@click.option("--budget", "budgets", multiple=True, help="p50_ms=MS or size_kb=KB (repeatable; either or both).")
+@click.option("--reference", type=click.Path(), default=None, help="A finished pipeline run whose int8 is shown beside the winner.")
+@click.option("--config", "config_path", type=click.Path(), help="TOML or YAML config; its [search] section is the space.")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP + " Search keys: search.widths=[0.25,0.5], ...")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--device", default=None, help=DEVICE_HELP)
+def search(out_dir, budgets, reference, config_path, overrides, data, device):
+    """Find the most accurate student meeting a latency and/or size budget, by measurement.
+
+    Untrained structures are timed first (over-budget ones never train); survivors are trained through the
+    pipeline by successive halving, each in DIR/candidates/<name>/e<epochs>/ (a re-run reuses them).
+
+    \b
+    Example:
+      compress search --out runs/search --budget p50_ms=0.2 --budget size_kb=200
+      compress search --out runs/s2 --budget p50_ms=0.1 --set 'search.archs=["mobilenet"]'
+    """
+    from compress import search_cli
+
+    state = search_cli.run(lambda extra: _config(config_path, [*overrides, *extra], data, device), Path(out_dir),
+                           list(budgets), Path(reference) if reference else None)
+    w = state["winner"]
+    click.echo(f"winner: {w['name']}: validation accuracy {100 * w['val_accuracy']:.2f}%, p50 {w['p50_ms']:.4f} ms, "
+               f"{w['size_bytes'] / 1024:.1f} KiB; run folder {w['run_dir']} (artifact {w['artifact']})")
+    click.echo(f"report: {Path(out_dir) / 'search.md'}")
+
+
 @main.command(name="config")
 @click.option("--config", "config_path", type=click.Path(), help="Start from this config file.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)

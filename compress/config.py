@@ -12,6 +12,7 @@ from pathlib import Path
 
 from compress.data import DataConfig
 from compress.errors import CompressError
+from compress.search import SearchConfig
 from compress.train import TrainConfig  # noqa: F401  (nested in stage configs; kept importable from here)
 from compress.zoo import ModelSpec  # noqa: F401
 from stages import STAGES
@@ -53,6 +54,7 @@ class PipelineConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     ship: ShipChoiceConfig = field(default_factory=ShipChoiceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # `compress search` only: budgets, space, halving
     threads: int = 2  # PyTorch threads for training
 
     @classmethod

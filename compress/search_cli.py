@@ -1,0 +1,84 @@
+"""The application side of ``compress search``: the real measurements and the real training for the core in
+compress/search.py. Every candidate trains through ``run_pipeline`` in its own run folder,
+DIR/candidates/<structure>/e<epochs>/, so a re-run of the same search (an interrupted one included) reuses
+every finished stage by fingerprint. Both formats of a structure come out of one pipeline run: fp32 is the
+pipeline's ``pruned`` artifact, int8 its ``int8``."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from compress.data import load_dataset
+from compress.errors import CompressError
+from compress.fsutil import check_out_folder
+from compress.latency import Target
+from compress.onnxutil import make_session, predict
+from compress.pipeline import run_pipeline
+from compress.search import Structure, UntrainedTimer, parse_budget, run_search, structure_stats
+
+ARTIFACT_OF_FORMAT = {"fp32": "pruned", "int8": "int8"}
+
+
+def budget_overrides(budgets: list[str]) -> list[str]:
+    """--budget p50_ms=0.2 -> --set search.p50_ms=0.2 (validated first, with a one-line message)."""
+    return [f"search.{key}={value!r}" for key, value in map(parse_budget, budgets)]
+
+
+def run(load: Callable[[list[str]], object], out_dir: Path, budgets: list[str], reference: Path | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    """``load(extra_overrides)`` builds the PipelineConfig (the user's config, --set, --data, --device, then the
+    extra overrides); the search's own settings are its ``search`` section."""
+    out_dir = Path(out_dir)
+    check_out_folder(out_dir)
+    extra = budget_overrides(budgets)
+    cfg = load(extra)
+    search_cfg = cfg.search
+    data = load_dataset(cfg.data)
+    b = cfg.benchmark
+    target = Target(b.provider, tuple(b.provider_option_values().items()), b.optimization, b.execution_mode,
+                    b.threads, b.inter_op_threads)
+    timer = UntrainedTimer(out_dir / "untrained", data.input_shape, data.num_classes, target, search_cfg,
+                           cfg.prune.target)
+    val_sessions: dict[str, float] = {}
+
+    def val_accuracy(path: Path) -> float:
+        key = str(path)
+        if key not in val_sessions:  # the validation split picks the winner; the test split is only reported
+            session = make_session(path, b.provider, b.threads)
+            val_sessions[key] = float((predict(session, data.val.x).argmax(axis=1) == data.val.y).mean())
+        return val_sessions[key]
+
+    def train(structure: Structure, epochs: int) -> dict[str, dict]:
+        run_dir = out_dir / "candidates" / structure.name / f"e{epochs}"
+        run_cfg = load([*extra, *structure.overrides(), f"distill.train.epochs={epochs}"])
+        manifest = run_pipeline(run_cfg, run_dir, resume=True)
+        out = {}
+        for fmt in search_cfg.formats:
+            artifact = ARTIFACT_OF_FORMAT[fmt]
+            result = manifest["results"][artifact]
+            path = Path(result["path"]) if Path(result["path"]).is_absolute() else run_dir / result["path"]
+            out[fmt] = {"val_accuracy": val_accuracy(path), "test_accuracy": result["accuracy"],
+                        "p50_ms": result["p50_ms"], "size_bytes": result["size_bytes"], "run_dir": str(run_dir),
+                        "artifact": artifact,
+                        "reused": all(s.get("status") == "reused" for s in manifest["stages"].values())}
+        return out
+
+    context = {"data": data.name}
+    if reference is not None:
+        context["reference"] = reference_result(Path(reference))
+    return run_search(search_cfg, out_dir,
+                      lambda s: structure_stats(s, data.input_shape, data.num_classes, cfg.prune.target),
+                      timer.measure, train, context, log)
+
+
+def reference_result(run_dir: Path) -> dict:
+    """The int8 result of a finished pipeline run, shown beside the winner."""
+    path = run_dir / "manifest.json" if run_dir.is_dir() else run_dir
+    try:
+        result = json.loads(path.read_text())["results"]["int8"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CompressError(f"--reference {run_dir}: no finished pipeline run with an int8 result there ({exc}); "
+                            "give a run folder of `compress pipeline`") from exc
+    return {"name": f"{run_dir} int8", "accuracy": result["accuracy"], "p50_ms": result["p50_ms"],
+            "size_bytes": result["size_bytes"]}
