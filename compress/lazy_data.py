@@ -107,6 +107,21 @@ class ArrayReader:
     def __len__(self) -> int:
         return len(self.array)
 
+    def __getstate__(self) -> dict:
+        # Pickled for spawned DataLoader workers: a memmap would pickle all of its data; send where it lies instead.
+        if isinstance(self.array, np.memmap) and self.array.filename:
+            return {"layout": self.layout, "map": (self.array.filename, self.array.offset, self.array.dtype.str,
+                                                   self.array.shape, "F" if np.isfortran(self.array) else "C")}
+        return {"layout": self.layout, "array": self.array}
+
+    def __setstate__(self, state: dict) -> None:
+        self.layout = state["layout"]
+        if "map" in state:
+            filename, offset, dtype, shape, order = state["map"]
+            self.array = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape, order=order)
+        else:
+            self.array = state["array"]
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         shape = self.array.shape[1:]

@@ -209,3 +209,13 @@ def _edge_app():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_mapped_npz_pickles_as_its_location_not_its_data(tmp_path):
+    import pickle
+
+    np.savez(tmp_path / "big.npz", x=np.arange(40 * 3 * 64 * 64, dtype=np.float32).reshape(40, 3, 64, 64), y=np.arange(40) % 4)
+    data = load_dataset(_config(tmp_path / "big.npz", lazy="true"))
+    blob = pickle.dumps(data.train.x)
+    assert len(blob) < 20_000  # the 1.9 MB of pixels stay in the file
+    assert np.array_equal(pickle.loads(blob)[:3], data.train.x[:3])
