@@ -219,3 +219,31 @@ def test_a_mapped_npz_pickles_as_its_location_not_its_data(tmp_path):
     blob = pickle.dumps(data.train.x)
     assert len(blob) < 20_000  # the 1.9 MB of pixels stay in the file
     assert np.array_equal(pickle.loads(blob)[:3], data.train.x[:3])
+
+
+@pytest.mark.slow
+def test_pipeline_and_bundle_on_a_lazy_224_folder_with_imagenet_statistics(tmp_path, monkeypatch):
+    """Teacher, distill, prune, export, quantize (calibrated on lazily read samples), benchmark and a bundle,
+    on 224x224 crops of 260x224 JPEGs, where any conversion of a whole split into one array would fail the run (LazyImages refuses it)."""
+    import json
+
+    from compress.config import load_config
+    from compress.pipeline import run_pipeline
+    from compress.ship import BundleConfig, ship
+
+    root = _folder(tmp_path / "photos", count=48, size=(260, 224), suffix=".jpg", classes=3)
+    cfg = load_config(None, [
+        f"data.source={json.dumps(str(root))}", "data.lazy=true", "data.workers=2", "data.image_size=232",
+        "data.crop_size=224", f"data.mean={IMAGENET['mean']}", f"data.std={IMAGENET['std']}", "data.val_fraction=0.2",
+        "data.test_fraction=0.2", "teacher.source=train", 'teacher.model.arch="mlp"', "teacher.model.width=0.25",
+        "teacher.train.epochs=3", 'teacher.train.optimizer="adamw"', "teacher.train.lr=0.001", 'distill.student.arch="mlp"',
+        "distill.student.width=0.125", "distill.train.epochs=2", 'distill.train.optimizer="adamw"', "distill.train.lr=0.001",
+        "prune.finetune.epochs=1", 'prune.finetune.optimizer="adamw"', "prune.round_to=1", "prune.amount=0.3",
+        "prune.protect_first=false", "quantize.calibration_samples=8", "benchmark.min_runs=5", "benchmark.min_seconds=0.01",
+        "benchmark.warmup_runs=2", "benchmark.cold_start=false", "benchmark.profile=false", "export.parity_samples=8"])
+    manifest = run_pipeline(cfg, tmp_path / "run")
+    assert all(stage["status"] == "done" for stage in manifest["stages"].values())
+    info = ship(BundleConfig(artifact="teacher", samples=3), tmp_path / "run", tmp_path / "bundle")
+    pre = info["preprocessing"]
+    assert info["input"]["height"] == info["input"]["width"] == 224 and pre["resize_short_side"] == 232
+    assert pre["mean"] == pytest.approx(IMAGENET["mean"]) and pre["std"] == pytest.approx(IMAGENET["std"])
