@@ -247,3 +247,18 @@ def test_pipeline_and_bundle_on_a_lazy_224_folder_with_imagenet_statistics(tmp_p
     pre = info["preprocessing"]
     assert info["input"]["height"] == info["input"]["width"] == 224 and pre["resize_short_side"] == 232
     assert pre["mean"] == pytest.approx(IMAGENET["mean"]) and pre["std"] == pytest.approx(IMAGENET["std"])
+
+
+def test_a_lazy_fit_resumes_exactly(tmp_path, monkeypatch):
+    from tests.test_resume import _interrupt_at_epoch, _same_weights, _train
+
+    data = load_dataset(_config(_folder(tmp_path / "imgs", size=(16, 16)), lazy="true"))
+    cfg = TrainConfig(epochs=3, batch_size=8, optimizer="adamw", lr=0.003)
+    reference_model, reference = _train(data, cfg)
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            _train(data, cfg, tmp_path / "ckpt")
+    resumed_model, resumed = _train(data, cfg, tmp_path / "ckpt")
+    assert resumed.resumed_after_epoch == 1 and resumed.history == reference.history
+    assert _same_weights(resumed_model, reference_model)
