@@ -262,3 +262,12 @@ def test_a_lazy_fit_resumes_exactly(tmp_path, monkeypatch):
     resumed_model, resumed = _train(data, cfg, tmp_path / "ckpt")
     assert resumed.resumed_after_epoch == 1 and resumed.history == reference.history
     assert _same_weights(resumed_model, reference_model)
+
+
+def test_how_data_is_read_does_not_change_the_stage_fingerprints(tmp_path):
+    from compress.runner import data_identity
+
+    root = _folder(tmp_path / "imgs")
+    eager = data_identity(_config(root, lazy="false"))
+    assert data_identity(_config(root, lazy="true", workers=2)) == eager
+    assert data_identity(_config(root, lazy="true", image_size=24)) != eager
