@@ -330,8 +330,9 @@ def scan_image_folder(root: Path, cfg: DataConfig):
                 with Image.open(file) as img:
                     sizes[img.size] += 1
                     is_gray = cfg.image_mode == "" and _is_gray(img)
-            except Image.DecompressionBombError:
-                raise
+            except Image.DecompressionBombError as exc:
+                raise CompressError(f"image {file} is too large to decode safely ({exc}): resize it, or remove it "
+                                    "from the data") from exc
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise CompressError(f"cannot read image {file}: {exc}; remove or replace it") from exc
             (gray if is_gray else colour).append(file)

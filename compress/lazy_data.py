@@ -38,7 +38,8 @@ def decode_image(file: Path, transform: ImageTransform) -> np.ndarray:
         with Image.open(file) as img:
             image = img.convert(transform.mode)
     except Image.DecompressionBombError as exc:
-        raise CompressError(f"image {file} is too large to decode safely ({exc}): resize it or remove it") from exc
+        raise CompressError(f"image {file} is too large to decode safely ({exc}): resize it, or remove it "
+                            "from the data") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise CompressError(f"cannot read image {file}: {exc}; remove or replace it") from exc
     image = resize_and_crop(image, transform.resize, transform.crop)

@@ -75,8 +75,12 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, data: Dataset, cfg: Ex
 
 
 def _set_metadata(model: onnx.ModelProto, data: Dataset, run_info: dict) -> None:
-    props = {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
-             "producer": run_info}
+    write_metadata(model, {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
+                           "producer": run_info})
+
+
+def write_metadata(model: onnx.ModelProto, props: dict) -> None:
+    """Replace the model's metadata_props by ``props`` (each value JSON-encoded) and name compress its producer."""
     del model.metadata_props[:]
     for key, value in props.items():
         entry = model.metadata_props.add()

@@ -77,12 +77,14 @@ def outputs_intact(root: Path, record: dict) -> bool:
 
 def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: Callable[[Path], StageResult],
               stage_dir: Path, root: Path, checkpoint_dir: Path, previous: dict | None = None,
-              on_record: Callable[[Path, dict], None] | None = None, reuse: bool = True) -> dict:
+              on_record: Callable[[Path, dict], None] | None = None, reuse: bool = True,
+              owned: list[str] | None = None) -> dict:
     """Run (or reuse) one stage into ``stage_dir`` and return its record; paths in the record are relative
     to ``root``. ``on_record(staging_dir, record)`` is called, on the main process, before the staging
     folder is swapped in (a per-stage command writes its manifest there, so it is swapped in with the
     outputs). ``previous`` is the stage's last record: reused when ``reuse`` and nothing changed; its
-    "files" (what compress wrote into ``stage_dir``) are the only files a rerun may replace there."""
+    "files" (what compress wrote into ``stage_dir``; or ``owned``, when given) are the only files a rerun
+    may replace there."""
     for path in inputs.values():
         if not Path(path).is_file():
             raise CompressError(f"file not found: {path}")
@@ -98,7 +100,7 @@ def run_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: C
         print(f"[{name}] running")
     started = time.perf_counter()
     # Training checkpoints live outside the staging folder, which a killed run loses, and go once the stage is done.
-    owned = owned_files(previous, stage_dir, root)
+    owned = owned_files(previous, stage_dir, root) if owned is None else owned
     with checkpointing(checkpoint_dir, key=key), distributed.output_dir(stage_dir, owned) as tmp_dir:
         result = work(tmp_dir)
         relative = {k: Path(path).relative_to(tmp_dir) for k, path in result.outputs.items()}
@@ -159,11 +161,11 @@ def run_single_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], 
     out_dir = Path(out_dir)
     refuse_output_over_inputs(out_dir, inputs)
     checkpoints = stage_checkpoints(out_dir)
-    previous = _previous_single(name, out_dir, checkpoints, resume, force)
+    previous, owned = _previous_single(name, out_dir, checkpoints, resume, force)
     lock = run_lock(checkpoints) if distributed.context().is_main else contextlib.nullcontext()
     try:
         return _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous,
-                                  lock)
+                                  owned, lock)
     finally:
         with contextlib.suppress(OSError):
             checkpoints.rmdir()  # only when empty: a failed or killed run keeps its checkpoints
@@ -178,7 +180,7 @@ def refuse_output_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
             raise CompressError(f"--out {out} would replace the input {path}: choose another --out")
 
 
-def _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous, lock):
+def _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, config, checkpoints, previous, owned, lock):
     with lock:
         if not resume:
             for path in checkpoint_files(checkpoints):
@@ -194,7 +196,7 @@ def _run_locked_single(name, stage_cfg, data, inputs, work, out_dir, resume, con
             write_json(staging / "manifest.json", manifest)
 
         return run_stage(name, stage_cfg, data, inputs, work, out_dir, out_dir, checkpoints, previous,
-                         on_record=write_manifest, reuse=resume)
+                         on_record=write_manifest, reuse=resume, owned=owned)
 
 
 def remove_staging_leftovers(folder: Path) -> None:
@@ -237,16 +239,18 @@ def refuse_foreign_folder(folder: Path, force: bool) -> None:
                             "yours)")
 
 
-def _previous_single(name: str, out_dir: Path, checkpoints: Path, resume: bool, force: bool) -> dict | None:
-    """The stage's last record in ``out_dir`` (reused with ``resume``; its files are what ``force`` may replace)."""
+def _previous_single(name: str, out_dir: Path, checkpoints: Path, resume: bool,
+                     force: bool) -> tuple[dict | None, list[str]]:
+    """The stage's last record in ``out_dir`` (reused with ``resume``), and the files compress wrote there (the
+    only ones ``force`` may replace)."""
     check_out_folder(out_dir)
     interrupted = bool(checkpoint_files(checkpoints))
     if not out_dir.exists() and not interrupted:
-        return None
+        return None, []
     refuse_foreign_folder(out_dir, force)
     manifest = load_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None and not interrupted:
-        return None  # an empty folder, or another folder written into with --force
+        return None, []  # an empty folder, or another folder written into with --force
     if not (resume or force):
         if interrupted:
             raise CompressError(f"{checkpoints} holds checkpoints of an unfinished run: pass --resume to continue it or "
@@ -254,12 +258,17 @@ def _previous_single(name: str, out_dir: Path, checkpoints: Path, resume: bool, 
         raise CompressError(f"{out_dir} already exists: pass --resume to reuse it (a changed config or input reruns "
                             "it), --force to replace it, or choose another --out")
     if manifest is None:
-        return None
+        return None, []
     problem = manifest_problem(manifest)
     if problem and resume:
         raise CompressError(f"{out_dir / 'manifest.json'} {problem}: it was not written by this compress; rerun with "
                             "--force (replacing only compress's own files), or choose another --out")
-    return None if problem else manifest["stages"].get(name)
+    if problem:
+        return None, []
+    owned = {"manifest.json"}  # whichever stage wrote the folder before
+    for record in manifest["stages"].values():
+        owned.update(owned_files(record, out_dir, out_dir))
+    return manifest["stages"].get(name), sorted(owned)
 
 
 def run_file_stage(name: str, stage_cfg, data: dict, inputs: dict[str, Path], work: Callable[[Path], StageResult],

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import hashlib
 import heapq
+import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,6 +29,7 @@ BUILTIN_TEXT = ("bbc-news",)
 TEXT_FILE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_CANDIDATES = ("[PAD]", "<pad>")
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]  # the order of x's second axis
 
 
 def is_text_source(source: str) -> bool:
@@ -162,7 +164,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
             rows.append(row)
         columns = sorted({key for row in rows for key in row})
     else:
-        reader = csv.DictReader(content.splitlines(), delimiter=TEXT_FILE_SUFFIXES[path.suffix.lower()])
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=TEXT_FILE_SUFFIXES[path.suffix.lower()])
         try:
             rows = list(reader)
         except csv.Error as exc:
@@ -319,6 +321,13 @@ def encode(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     return out
 
 
+def input_dict(x: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A packed (N, 3, L) array as the named int64 (N, L) inputs an ONNX model takes (``names``: the model's
+    inputs, e.g. without token_type_ids for DistilBERT)."""
+    packed = dict(zip(INPUT_NAMES, (np.ascontiguousarray(x[:, i]) for i in range(3))))
+    return {name: packed[name] for name in (names or INPUT_NAMES)}
+
+
 def encode_texts(data: Dataset, texts: list[str]) -> np.ndarray:
     """Encode new texts exactly as ``data`` was (its tokenizer, truncation and padding)."""
     from tokenizers import Tokenizer
@@ -347,7 +356,7 @@ def text_preprocessing(data: Dataset) -> dict:
     normalizer = tokenizer.get("normalizer") or {}
     return {
         "layout": "text",
-        "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+        "inputs": INPUT_NAMES,
         "dtype": "int64",
         "max_length": int(data.train.x.shape[-1]),
         "truncation": {"max_length": truncation.get("max_length"), "strategy": truncation.get("strategy"),

@@ -68,7 +68,7 @@ class BertShape:
             raise ValueError(f"hidden size {self.hidden} is not a multiple of the head count {self.heads}")
 
 
-def text_train_config(epochs: int = 4, lr: float = 5e-4, batch_size: int = 32, seed: int = 0) -> TrainConfig:
+def text_train_config(epochs: int = 4, lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> TrainConfig:
     """Fine-tuning settings for text: AdamW, linear warm-up and decay, no image augmentation."""
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=0.01,
                        schedule="linear", augment=False, grad_clip=1.0, seed=seed)

@@ -26,6 +26,7 @@ from compress.errors import CompressError
 from compress.fsutil import atomic_path, sha256, working_directory
 from compress.latency import Target, TimingRules, latency_summary, time_interleaved, time_jobs
 from compress.metrics import classification_metrics
+from compress.onnx_export import write_metadata
 from compress.onnxutil import load_onnx, make_session
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -205,11 +206,7 @@ def set_text_metadata(model: onnx.ModelProto, class_labels: list[str], max_lengt
     props = {"task": "text-classification", "class_labels": [str(c) for c in class_labels], "max_length": int(max_length),
              "input_names": list(input_names), "tokenizer_sha256": sha256(tokenizer_path) if tokenizer_path else None,
              "producer": run_info}
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    model.producer_name = "compress"
+    write_metadata(model, props)
 
 
 def torch_logits(model: torch.nn.Module, samples: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:

@@ -92,11 +92,13 @@ def quick_toml(tmp_path_factory):
     return path
 
 
-SLOW_FIXTURES = {"default_run", "edge_python"}  # the default pipeline run; a virtualenv installed for the edge app
+# A test that needs one of these fixtures is slow (it waits minutes for the default pipeline run, or for a
+# virtualenv installed for the edge app) or drives headless Chromium: the marker follows from the fixture.
+FIXTURE_MARKERS = {"default_run": "slow", "edge_python": "slow", "browser": "browser"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that needs a slow fixture as slow, so `-m "not slow"` never starts one."""
+    """Mark every test by the slow or browser fixtures it needs, so `-m "not slow and not browser"` starts none."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        for fixture in set(getattr(item, "fixturenames", ())) & FIXTURE_MARKERS.keys():
+            item.add_marker(getattr(pytest.mark, FIXTURE_MARKERS[fixture]))

@@ -193,6 +193,16 @@ def test_per_stage_command_refuses_a_foreign_folder_and_force_keeps_its_files(tm
     assert json.loads((out / "manifest.json").read_text())["stages"]["teacher"]["files"] == ["manifest.json", "teacher.safetensors"]
 
 
+def test_force_replaces_a_folder_written_before_files_were_recorded(tmp_path):
+    out = tmp_path / "t"
+    succeeds(["teacher", "--data", "digits", *TEACHER, "--out", out])
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["stages"]["teacher"]["files"]  # as an earlier compress wrote it: outputs only
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    succeeds(["teacher", "--data", "digits", *TEACHER, "--out", out, "--force"])
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "teacher.safetensors"]
+
+
 def test_benchmark_force_keeps_an_unrelated_file_and_never_replaces_its_input(tmp_path, models):
     out = tmp_path / "bench"
     out.mkdir()
@@ -272,7 +282,8 @@ def _image_folder(root: Path, size: int = 8) -> Path:
 def test_a_decompression_bomb_image_is_one_line(tmp_path, monkeypatch):
     root = _image_folder(tmp_path / "images", size=64)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is then "a bomb", as 20000x20000 is by default
-    fails(["teacher", "--data", root, *TEACHER, "--out", tmp_path / "t"], "too large to decode safely", tmp_path)
+    fails(["teacher", "--data", root, *TEACHER, "--out", tmp_path / "t"], f"image {root / 'a' / '0.png'} is too large to "
+          "decode safely", tmp_path)
 
 
 @pytest.mark.parametrize("content, expected", [

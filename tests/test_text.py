@@ -16,6 +16,7 @@ from compress.data import DataConfig, load_dataset, stratified_split  # noqa: E4
 from compress.errors import CompressError  # noqa: E402
 from compress.text_data import (  # noqa: E402
     encode_texts,
+    input_dict,
     is_text_source,
     load_tokenizer,
     save_tokenizer,
@@ -102,6 +103,16 @@ def test_csv_source_is_split_stratified_and_encoded(tmp_path, topics):
     saved = load_tokenizer(tmp_path).encode("bank goal")  # the bundle's tokenizer pads and truncates as the pipeline did
     assert len(saved.ids) == 16 and saved.ids == encode_texts(topics, ["bank goal"])[0, 0].tolist()
     assert saved.ids == tokenizer_of(topics).encode("bank goal").ids
+    feeds = input_dict(topics.test.x, ["input_ids", "attention_mask"])
+    assert list(feeds) == ["input_ids", "attention_mask"] and np.array_equal(feeds["attention_mask"], topics.test.x[:, 1])
+
+
+def test_csv_keeps_quoted_newlines_and_commas(tmp_path):
+    rows = _rows(10) + [("Line one,\nline two of the same text", "sport")]
+    path = _write_csv(tmp_path / "quoted.csv", rows)
+    data = load_dataset(DataConfig(source=str(path), max_length=12, vocab_size=150, val_fraction=0.2, test_fraction=0.2))
+    texts = data.train.texts + data.val.texts + data.test.texts
+    assert len(texts) == 31 and "Line one,\nline two of the same text" in texts
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])

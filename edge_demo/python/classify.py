@@ -140,6 +140,10 @@ def model_json_problem(folder: Path, info: dict) -> str | None:
     for key in ("onnx", "ort"):
         if not inside(folder, models[key]):
             return f"the {key} model {models[key]!r} lies outside the bundle folder"
+    if not isinstance(info["classes"], list) or not info["classes"]:
+        return "'classes' must be a non-empty list"
+    if info.get("task") == "text-classification":
+        return None  # no image geometry; TextBundle checks the tokenizer it loads
     shape = info["input"]
     if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] >= 1 for k in ("channels", "height", "width")):
         return "'input' must give channels, height and width as positive integers"

@@ -45,16 +45,17 @@ class DemoHandler(SimpleHTTPRequestHandler):
         return super().translate_path(path)
 
     def send_head(self):
-        """Serve only files inside the folder the URL maps to: a NUL byte is a bad request, and a path that
-        leaves the folder (a symlink in the bundle pointing to /etc/passwd, say) is not found."""
+        """Serve a mounted bundle's files only from inside it: a NUL byte is a bad request, and a path that
+        leaves the bundle folder (a symlink in it pointing to /etc/passwd, say) is not found."""
         path = self.translate_path(self.path)
         if "\x00" in path:
             self.send_error(400, "bad path")
             return None
         first = urlsplit(self.path).path.lstrip("/").partition("/")[0]
-        root = Path(self.mounts[first] if first in self.mounts else self.directory).resolve()
+        if first not in self.mounts:  # the page's own folder (node_modules may be a link elsewhere)
+            return super().send_head()
         try:
-            inside = Path(path).resolve().is_relative_to(root)
+            inside = Path(path).resolve().is_relative_to(self.mounts[first])
         except (OSError, ValueError):
             inside = False
         if not inside:
