@@ -80,7 +80,7 @@ class DataConfig:
 
 @dataclass
 class Split:
-    x: np.ndarray  # float32, normalized; text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
+    x: np.ndarray  # float32, normalized (a lazy_data.LazyImages when streamed from disk); text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
     y: np.ndarray  # int64 class indices
     texts: list[str] = field(default_factory=list)  # text datasets: the raw texts x was encoded from
 
