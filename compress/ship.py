@@ -25,11 +25,14 @@ import onnxruntime as ort
 from compress.data import DataConfig, Dataset, load_dataset
 from compress.errors import CompressError
 from compress.fsutil import check_out_folder, private_tempdir, sha256, staging_dir, working_directory, write_json
+from compress.lazy_data import is_lazy, resize_and_crop
 from compress.manifest import manifest_problem
 from compress.onnxutil import load_onnx, metadata
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "compress-bundle", 1
 OPTIMIZATION_STYLES = ("fixed", "runtime")
+LAZY_CHECK_SAMPLES = 512  # test images a streamed split's pixel range is checked on
+HINT_BYTES = 256 << 20  # decoded train images the drawing hints are measured on, at most
 TARGET_PLATFORMS = ("arm", "amd64")
 METRIC_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
                "throughput_sps", "size_bytes", "params", "macs")
@@ -195,7 +198,7 @@ def _image_spec(props: dict, source: Path) -> dict:
                             f"{channels} channel(s); re-export it with compress")
     return {"channels": channels, "height": pre["input_shape"][1], "width": pre["input_shape"][2],
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "classes": [str(c) for c in classes],
-            "pixel_scale": float(pre.get("pixel_scale", 1.0))}
+            "pixel_scale": float(pre.get("pixel_scale", 1.0)), "resize_short_side": pre.get("resize_short_side")}
 
 
 def _run_dataset(manifest: dict) -> Dataset:
@@ -214,7 +217,7 @@ def _check_dataset(data: Dataset, spec: dict, source: Path) -> None:
     if data.class_names != spec["classes"]:
         raise CompressError(f"{source} labels its classes {spec['classes'][:5]}... but the run's data has "
                             f"{data.class_names[:5]}...; the run folder and its data do not match")
-    raw = to_unit_range(data.test.x, spec)
+    raw = to_unit_range(data.test.x[:LAZY_CHECK_SAMPLES] if is_lazy(data.test.x) else data.test.x, spec)
     low, high = float(raw.min()), float(raw.max())
     if low < -0.01 or high > 1.01:
         raise CompressError(f"the model's inputs are not images: before normalization they span {low:.3g}..{high:.3g}, "
@@ -291,9 +294,12 @@ def _output_signature(session: ort.InferenceSession) -> dict:
 
 
 def _preprocessing(spec: dict) -> dict:
+    short_side = spec.get("resize_short_side")
     return {
         "color": "L" if spec["channels"] == 1 else "RGB",
-        "resize": "bilinear to width x height when the image has another size",
+        "resize": (f"bilinear, short side to resize_short_side ({short_side}) keeping the aspect ratio, then the "
+                   "centre width x height crop" if short_side else "bilinear to width x height when the image has another size"),
+        **({"resize_short_side": short_side} if short_side else {}),
         "pixel_divisor": 255.0,
         "mean": spec["mean"],
         "std": spec["std"],
@@ -317,7 +323,9 @@ def preprocess_image(path: Path, spec: dict) -> np.ndarray:
 
     with Image.open(path) as img:
         image = img.convert("L" if spec["channels"] == 1 else "RGB")
-    if image.size != (spec["width"], spec["height"]):
+    if spec.get("resize_short_side") and spec["width"] == spec["height"]:
+        image = resize_and_crop(image, spec["resize_short_side"], spec["width"])
+    elif image.size != (spec["width"], spec["height"]):
         image = image.resize((spec["width"], spec["height"]), Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -367,13 +375,14 @@ def write_samples(data: Dataset, spec: dict, onnx_session, ort_session, out_dir:
 
     folder = out_dir / "samples"
     folder.mkdir()
-    pixels = np.clip(np.rint(to_unit_range(data.test.x, spec) * 255.0), 0, 255).astype(np.uint8)
     samples: list[dict] = []
 
     def keep(index: int) -> bool:
         label = spec["classes"][int(data.test.y[index])]
         name = f"samples/{len(samples):02d}_{_safe(label)}.png"
-        array = pixels[index, 0] if spec["channels"] == 1 else pixels[index].transpose(1, 2, 0)
+        # One image at a time: a streamed test split is never decoded whole.
+        pixels = np.clip(np.rint(to_unit_range(data.test.x[index:index + 1], spec)[0] * 255.0), 0, 255).astype(np.uint8)
+        array = pixels[0] if spec["channels"] == 1 else pixels.transpose(1, 2, 0)
         Image.fromarray(array, mode="L" if spec["channels"] == 1 else "RGB").save(out_dir / name)
         x = preprocess_image(out_dir / name, spec)
         probs = _softmax(_logits(onnx_session, x))[0]
@@ -407,7 +416,8 @@ def write_samples(data: Dataset, spec: dict, onnx_session, ort_session, out_dir:
 def drawing_hints(data: Dataset, spec: dict) -> dict:
     """How training images look, measured on the train split, so a drawing canvas can imitate them:
     background shade, and how much of the frame the ink's bounding box fills (MNIST: about 20 of 28 pixels)."""
-    images = to_unit_range(data.train.x[:2000], spec).mean(axis=1)  # (N, H, W), gray
+    count = max(1, min(2000, HINT_BYTES // (4 * int(np.prod(data.input_shape)))))  # 2000 MNIST digits, fewer big photos
+    images = to_unit_range(data.train.x[:count], spec).mean(axis=1)  # (N, H, W), gray
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1).mean()
     background = "dark" if border < 0.25 else "light" if border > 0.75 else "mixed"
     ink = images > 0.5 if background != "light" else images < 0.5

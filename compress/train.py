@@ -34,10 +34,12 @@ from compress import distributed
 from compress.data import Dataset, Split
 from compress.errors import CompressError
 from compress.fsutil import atomic_path
+from compress.lazy_data import is_lazy, rows
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant", "linear")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision
+PREDICT_BATCH_BYTES = 64 << 20  # inputs per predict_logits batch
 CHECKPOINT_FORMAT = 2  # 2: the best epoch is chosen on validation accuracy, then loss
 
 
@@ -201,7 +203,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     with distributed.data_parallel(loop.modules, loop.ctx):
         progress = _resume(state, loop, store, cfg, desc) if state else _start(model, data, loop)
         for epoch in range(progress.start_epoch, cfg.epochs + 1):
-            train_loss = _train_epoch(loop, data.train, cfg, loss_fn, desc, epoch)
+            train_loss = _train_epoch(loop, data.train, cfg, loss_fn, desc, epoch,
+                                      data.config.workers if data.config else 0)
             _record_epoch(progress, model, data.val, loop, train_loss, epoch, cfg, desc)
             if store:
                 store.save({**identity, "epoch": epoch, "modules": [m.state_dict() for m in loop.modules],
@@ -254,7 +257,8 @@ def _resume(state: dict, loop: _Loop, store: _Store, cfg: TrainConfig, desc: str
                      state["best_epoch"], state["best_states"])
 
 
-def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, desc: str, epoch: int) -> float:
+def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, desc: str, epoch: int,
+                 workers: int = 0) -> float:
     """One pass over the train split; returns the mean loss over all processes."""
     for module in loop.modules:
         module.train()
@@ -263,9 +267,8 @@ def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, d
     total_loss, seen = 0.0, 0
     progress = tqdm(range(loop.steps_per_epoch), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
                     dynamic_ncols=True, disable=None if loop.ctx.is_main else True)
-    for step in progress:
-        idx = order[step * loop.local_batch:(step + 1) * loop.local_batch]
-        x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
+    index_batches = [order[step * loop.local_batch:(step + 1) * loop.local_batch] for step in range(loop.steps_per_epoch)]
+    for step, (x, y) in zip(progress, _train_batches(train, index_batches, workers, loop.device)):
         if cfg.augment and x.dim() == 4:
             x = augment(x, generator)
         x = x.to(loop.device, non_blocking=True)
@@ -278,6 +281,30 @@ def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, d
     distributed.broadcast_buffers(loop.modules)
     loss_sum, seen_all = distributed.all_reduce_sum([total_loss, seen])
     return loss_sum / max(seen_all, 1)
+
+
+class _SplitBatches(torch.utils.data.Dataset):
+    """A split read one whole batch per item: the DataLoader's sampler yields the index arrays of the steps."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.split.x[idx]), torch.from_numpy(self.split.y[idx])
+
+
+def _train_batches(train: Split, index_batches: list[np.ndarray], workers: int,
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The steps' (x, y) batches in order. Data in RAM is indexed directly; lazily read data is decoded by a
+    DataLoader (``workers`` processes) fed exactly these index arrays, so order, augmentation and resume match."""
+    if not is_lazy(train.x):
+        return ((torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])) for idx in index_batches)
+    loader = torch.utils.data.DataLoader(_SplitBatches(train), sampler=index_batches, batch_size=None,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    return iter(loader)
 
 
 def _step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, loss_fn: LossFn, desc: str,
@@ -437,6 +464,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.07
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    # Big inputs (224x224 RGB: 0.6 MB each) go in smaller batches, so a streamed split stays streamed.
+    batch_size = max(1, min(batch_size, PREDICT_BATCH_BYTES // max(1, int(np.prod(x.shape[1:])) * 4)))
     with torch.no_grad():
         outputs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
                    for i in range(0, len(x), batch_size)]
@@ -457,7 +486,7 @@ def improves(accuracy: float, loss: float, best_accuracy: float, best_loss: floa
 
 def _validate(model: nn.Module, split: Split, ctx: distributed.Context) -> tuple[float, float]:
     """Accuracy and mean cross-entropy on ``split``, each rank taking every world_size-th sample."""
-    x, y = split.x[ctx.rank::ctx.world_size], split.y[ctx.rank::ctx.world_size]
+    x, y = rows(split.x, slice(ctx.rank, None, ctx.world_size)), split.y[ctx.rank::ctx.world_size]
     correct, loss_sum = 0, 0.0
     if len(y):
         logits = predict_logits(model, x)

@@ -29,6 +29,7 @@ from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path, private_tempdir, write_json, write_text
 from compress.latency import Target, TimingRules, cold_start, latency_summary, ratio_over_rounds, time_interleaved, time_jobs
+from compress.lazy_data import is_lazy
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
 from compress.onnxutil import (
@@ -55,6 +56,7 @@ WARMUP_MODES = ("steady", "fixed")
 DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 PROFILE_WARMUP_RUNS = 5  # profiled runs left out of the operator summary (first-run allocations)
 COLD_START_RUNS = 10  # runs after the first one in the cold-start worker, so the memory peak includes steady state
+LAZY_FEED_ROWS = 256  # samples a lazily read test split feeds when the batch is not fixed
 MAX_SAVED_SAMPLES = 2000  # raw latencies kept in the JSON (every k-th run, in time order) for plots and re-analysis
 
 
@@ -293,7 +295,9 @@ def _feed_source(session, specs: list[InputSpec], data: Dataset | None, cfg: Ben
     """batch size -> inputs: test-split samples of the dataset, the arrays of cfg.inputs, or generated ones."""
     if data is not None:
         input_name = check_input(session, data.input_shape, f"dataset {data.name}")
-        return lambda batch: array_feed(specs, {input_name: data.test.x}, batch, f"dataset {data.name}")
+        # A lazily read test split gives only the rows a feed takes (decoding all of it would not fit in RAM).
+        return lambda batch: array_feed(specs, {input_name: data.test.x[:batch or LAZY_FEED_ROWS] if is_lazy(data.test.x)
+                                                else data.test.x}, batch, f"dataset {data.name}")
     if cfg.inputs:
         try:
             with np.load(cfg.inputs, allow_pickle=False) as archive:

@@ -29,6 +29,7 @@ from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path, private_tempdir, working_directory
 from compress.latency import Target, TimingRules, time_interleaved
+from compress.lazy_data import rows
 from compress.manifest import StageResult
 from compress.metrics import classification_metrics, onnx_stats
 from compress.onnxutil import check_input, load_onnx, make_session, predict, resolve_provider
@@ -546,7 +547,7 @@ def calibration_samples(data: Dataset, count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(data.train.y == label)) for label in range(data.num_classes)]
     order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
-    return data.train.x[np.array(order[:count])]
+    return rows(data.train.x, np.array(order[:count]))  # streamed data: a lazy view, decoded batch by batch
 
 
 def interleaved_p50s(paths: dict[str, Path], x: np.ndarray, input_name: str, cfg: QuantizeConfig) -> dict[str, float]:

@@ -40,6 +40,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 WARMUP_RUNS = 20
 
 
+def resize_and_crop(image: Image.Image, short_side: int, crop: int) -> Image.Image:
+    """Short side to ``short_side`` pixels (bilinear, aspect kept), then the centre ``crop`` x ``crop`` square."""
+    width, height = image.size
+    scale = short_side / min(width, height)
+    size = (short_side, short_side) if width == height else (max(short_side, round(width * scale)),
+                                                             max(short_side, round(height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
+    return image if size == (crop, crop) else image.crop((left, top, left + crop, top + crop))
+
+
 class BundleError(Exception):
     """A problem with the bundle or the images: printed as one line, exit code 2."""
 
@@ -61,6 +73,7 @@ class Bundle:
         pre = self.info["preprocessing"]
         self.mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
         self.std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
+        self.short_side = int(pre.get("resize_short_side") or 0)
         self.background = self.info.get("drawing", {}).get("background", "mixed")
         self.classes = [str(c) for c in self.info["classes"]]
 
@@ -73,7 +86,9 @@ class Bundle:
             raise BundleError(f"cannot read image {path}: {exc}") from exc
         except Image.DecompressionBombError as exc:
             raise BundleError(f"image {path} is too large to decode safely ({exc}): resize it") from exc
-        if image.size != (self.width, self.height):
+        if self.short_side and self.width == self.height:  # photos: keep the aspect, then the centre crop
+            image = resize_and_crop(image, self.short_side, self.width)
+        elif image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
