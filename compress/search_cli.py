@@ -57,7 +57,8 @@ def run(load: Callable[[list[str]], object], out_dir: Path, budgets: list[str], 
         for fmt in search_cfg.formats:
             artifact = ARTIFACT_OF_FORMAT[fmt]
             result = manifest["results"][artifact]
-            path = Path(result["path"]) if Path(result["path"]).is_absolute() else run_dir / result["path"]
+            # the manifest names files as the run was given its folder: relative to this process's cwd
+            path = Path(result["path"]) if Path(result["path"]).exists() else run_dir / result["path"]
             out[fmt] = {"val_accuracy": val_accuracy(path), "test_accuracy": result["accuracy"],
                         "p50_ms": result["p50_ms"], "size_bytes": result["size_bytes"], "run_dir": str(run_dir),
                         "artifact": artifact,

@@ -3,6 +3,7 @@ the impossible-budget message."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -186,8 +187,9 @@ def test_real_search_resumes_after_an_interruption(tmp_path, monkeypatch):
         return real(cfg, run_dir, resume=resume, force=force)
 
     monkeypatch.setattr(search_cli, "run_pipeline", interrupted)
+    monkeypatch.chdir(tmp_path.parent)  # a relative --out, as users give it: manifests then hold relative paths
     with pytest.raises(KeyboardInterrupt):
-        search_cli.run(load, tmp_path, ["p50_ms=1000"], log=lambda _: None)
+        search_cli.run(load, Path(tmp_path.name), ["p50_ms=1000"], log=lambda _: None)
     assert json.loads((tmp_path / "search.json").read_text())["status"] == "pre-filtered"
     monkeypatch.setattr(search_cli, "run_pipeline", real)
     first = search_cli.run(load, tmp_path, ["p50_ms=1000"], log=lambda _: None)
