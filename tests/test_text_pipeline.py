@@ -1,0 +1,137 @@
+"""The text path through the stages and the pipeline on a tiny config: a CSV written here, a 2-layer x 32
+BERT teacher trained for a few epochs (or a user's save_pretrained folder), every stage, the manifest, the
+report, and `compress ship` + the Python edge app on the text bundle."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from compress.config import load_config  # noqa: E402
+from compress.pipeline import RESULT_KEYS, run_pipeline  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = {"finance": "bank market shares profit stocks economy rates", "sport": "match goal team coach league win season",
+          "music": "album band song concert singer guitar tour"}
+FILLER = "the a of and in on today people said new".split()
+IMAGE_RESULT_KEYS = {"accuracy", "precision_macro", "recall_macro", "f1_macro", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+                     "throughput_sps", "size_bytes", "params", "macs", "path"}
+TINY = [
+    "teacher.source=train", "teacher.text_model.layers=2", "teacher.text_model.hidden=32", "teacher.text_model.heads=4",
+    "teacher.text_model.intermediate=64", "teacher.text_model.dropout=0.0", "teacher.text_train.epochs=6",
+    "teacher.text_train.lr=0.005", "teacher.text_train.batch_size=8",
+    "distill.text_train.epochs=3", "distill.text_train.lr=0.003", "distill.text_train.batch_size=8",
+    "prune.head_amount=0.25", "prune.ffn_amount=0.5", "prune.importance_samples=32", "prune.verify_samples=16",
+    "prune.text_finetune.epochs=1", "prune.text_finetune.batch_size=8",
+    "quantize.calibration_samples=16", "quantize.measure_seconds=0.1",
+    "benchmark.seq_lengths=[16, 32]", "benchmark.headline_seq=32", "benchmark.min_runs=10",
+    "benchmark.min_seconds=0.02", 'benchmark.warmup="fixed"', "benchmark.warmup_runs=2",
+    "data.max_length=16", "data.vocab_size=200", "data.val_fraction=0.2", "data.test_fraction=0.2",
+]
+
+
+def write_topics_csv(path: Path, n_per_class: int = 30, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for label, words in TOPICS.items():
+            words = words.split()
+            for _ in range(n_per_class):
+                tokens = [rng.choice(words) if rng.random() < 0.6 else rng.choice(FILLER)
+                          for _ in range(rng.integers(6, 14))]
+                writer.writerow([" ".join(tokens).capitalize() + ".", label])
+    return path
+
+
+def tiny_config(source: Path, *more: str):
+    return load_config(None, [f"data.source={json.dumps(str(source))}", *TINY, *more])
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """One tiny text pipeline run: (run_dir, manifest)."""
+    root = tmp_path_factory.mktemp("textrun")
+    csv_path = write_topics_csv(root / "topics.csv")
+    run_dir = root / "run"
+    manifest = run_pipeline(tiny_config(csv_path, "distill.baseline=true"), run_dir)
+    return run_dir, manifest
+
+
+@pytest.mark.slow
+def test_text_pipeline_results_fusion_and_report(text_run):
+    run_dir, manifest = text_run
+    assert manifest["status"] == "complete"
+    assert set(manifest["results"]) >= {"teacher", "student", "pruned", "int8"}
+    for name in ("teacher", "student", "pruned", "int8"):
+        assert set(manifest["results"][name]) == IMAGE_RESULT_KEYS == set(RESULT_KEYS)
+    assert manifest["results"]["teacher"]["accuracy"] >= 0.6
+    for name, fusion in manifest["fusion"].items():
+        assert fusion["attention_fused"], name
+        assert fusion["fused_operators"].get("Attention", 0) >= 1
+    assert manifest["stages"]["export"]["metrics"]["teacher"]["fused_operators"]["Attention"] == 2
+    assert 0 <= manifest["baselines"]["tfidf_lr"]["accuracy"] <= 1
+    assert manifest["data"]["preprocessing"]["layout"] == "text"
+    prune = manifest["stages"]["prune"]["metrics"]
+    assert sum(prune["heads_after"]) < sum(prune["heads_before"]) and prune["ffn_after"] < prune["ffn_before"]
+    quant = manifest["stages"]["quantize"]["metrics"]
+    assert {row["candidate"] for row in quant["candidates"]} == {"fp32", "dynamic_int8", "static_u8s8_qdq", "int4_weight_only"}
+    report = (run_dir / "report.md").read_text()
+    assert "TF-IDF + logistic regression" in report and "Fused operators" in report and "WARNING" not in report
+    assert (run_dir / "accuracy_vs_latency.png").is_file()
+    bench = json.loads((run_dir / "benchmark" / "benchmark.json").read_text())
+    assert set(bench["results"]["int8"]["latency_by_seq"]) == {"16", "32"}
+    assert "student_baseline" in manifest["results"]
+    for stage in ("teacher", "distill", "prune", "export", "quantize"):
+        assert (run_dir / stage / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_ship_and_python_app_agree_with_the_pipeline_onnx(text_run, tmp_path):
+    from compress.data import DataConfig
+    from compress.text_data import load_text_dataset
+    from compress.text_onnx import onnx_logits
+    from compress.onnxutil import make_session
+
+    run_dir, manifest = text_run
+    bundle = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "compress", "ship", str(run_dir), "--out", str(bundle)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    for name in ("model.onnx", "model.ort", "tokenizer.json", "model.json"):
+        assert (bundle / name).is_file()
+    cfg = manifest["config"]["data"]
+    data = load_text_dataset(DataConfig(**cfg), tokenizer=run_dir / "export" / "tokenizer.json")
+    texts = data.test.texts[:12]
+    shipped = run_dir / manifest["ship"]["path"]
+    session = make_session(shipped)
+    names = [i.name for i in session.get_inputs()]
+    x = data.test.x[:12]
+    expected = onnx_logits(session, {n: x[:, i] for i, n in enumerate(("input_ids", "attention_mask", "token_type_ids"))
+                                     if n in names}).argmax(1)
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    app = subprocess.run([sys.executable, str(ROOT / "edge_demo" / "python" / "classify.py"), str(bundle),
+                          "--text-file", str(text_file), "--json"], capture_output=True, text=True)
+    assert app.returncode == 0, app.stderr
+    classes = data.class_names
+    predicted = [classes.index(row["label"]) if "label" in row else classes.index(row["top"][0]["label"])
+                 for row in _json_rows(app.stdout)]
+    assert predicted == expected.tolist()
+
+
+def _json_rows(stdout: str) -> list[dict]:
+    text = stdout.strip()
+    try:
+        value = json.loads(text)
+        return value if isinstance(value, list) else value.get("results", [value])
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
