@@ -97,9 +97,9 @@ def test_text_pipeline_results_fusion_and_report(text_run):
 @pytest.mark.slow
 def test_ship_and_python_app_agree_with_the_pipeline_onnx(text_run, tmp_path):
     from compress.data import DataConfig
+    from compress.onnxutil import make_session
     from compress.text_data import load_text_dataset
     from compress.text_onnx import onnx_logits
-    from compress.onnxutil import make_session
 
     run_dir, manifest = text_run
     bundle = tmp_path / "bundle"
