@@ -135,3 +135,130 @@ def _json_rows(stdout: str) -> list[dict]:
         return value if isinstance(value, list) else value.get("results", [value])
     except json.JSONDecodeError:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def save_pretrained_teacher(folder: Path, data) -> Path:
+    """A user's fine-tuned BERT as transformers writes it: config.json, model.safetensors, tokenizer files."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(json.loads(data.tokenizer_json)["model"]["vocab"]), hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=data.num_classes)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(data.tokenizer_json), pad_token="[PAD]",
+                                   unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from compress.data import load_dataset
+
+    csv_path = write_topics_csv(tmp_path_factory.mktemp("tinydata") / "topics.csv")
+    return csv_path, load_dataset(tiny_config(csv_path).data)
+
+
+def test_text_config_keys_are_checked():
+    from compress.errors import CompressError
+
+    for key, value, message in [("prune.head_amount", "1.5", "head_amount"), ("distill.student_init", '"zero"', "student_init"),
+                                ("quantize.text_candidates", '["int2"]', "text candidate"),
+                                ("benchmark.headline_seq", "64", "headline_seq"), ("export.text_rtol", "0", "text_rtol")]:
+        with pytest.raises(CompressError, match=message):
+            load_config(None, [f"{key}={value}"])
+    cfg = load_config(None, [])
+    assert (cfg.prune.head_amount, cfg.prune.ffn_amount, cfg.distill.student_layers) == (0.5, 0.5, 0)
+    assert cfg.teacher.model.arch == "resnet" and cfg.distill.student.arch == "resnet"  # image defaults unchanged
+
+
+def test_a_teacher_folder_brings_its_tokenizer(tmp_path, tiny_data):
+    from stages.teacher import TeacherConfig, teacher_data, teacher_inputs
+
+    csv_path, data = tiny_data
+    folder = save_pretrained_teacher(tmp_path / "bert", data)
+    retrained = tmp_path / "other.json"
+    from compress.text_data import train_tokenizer
+
+    retrained.write_text(train_tokenizer(data.train.texts[:20], 120).to_str())
+    (folder / "tokenizer.json").write_text(retrained.read_text())
+    cfg = TeacherConfig(source="file", path=str(folder))
+    encoded = teacher_data(cfg, data)
+    assert encoded.tokenizer_json != data.tokenizer_json and encoded.train.x.shape == data.train.x.shape
+    assert {"teacher_config.json", "teacher_model.safetensors", "teacher_tokenizer.json"} <= set(teacher_inputs(cfg, data.config))
+    (folder / "tokenizer.json").unlink()
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match="no tokenizer.json"):
+        teacher_data(cfg, data)
+
+
+def test_the_packaged_text_teacher_only_fits_its_split(tiny_data):
+    from compress.data import DataConfig
+    from stages.teacher import TeacherConfig, teacher_inputs, text_pretrained_dir, text_pretrained_matches
+
+    cfg = TeacherConfig()
+    default = DataConfig(source="bbc-news")
+    folder = text_pretrained_dir(cfg, default)
+    assert folder.name == "bbc-news_bert4x256_seed0"
+    if not (folder / "meta.json").is_file():
+        pytest.skip("the packaged text teacher is not built (python -m stages.teacher --text)")
+    assert text_pretrained_matches(cfg, default)
+    assert set(teacher_inputs(cfg, default)) == {"pretrained", "pretrained_tokenizer"}
+    for changed in (DataConfig(source="bbc-news", seed=1), DataConfig(source="bbc-news", max_length=64),
+                    DataConfig(source="bbc-news", vocab_size=4000)):
+        assert not text_pretrained_matches(cfg, changed)
+    assert not text_pretrained_matches(TeacherConfig(text_model=type(cfg.text_model)(layers=2)), default)
+
+
+def test_an_unfused_export_is_loud(tmp_path, tiny_data):
+    from compress.checkpoint import save_model
+    from compress.config import load_config as load
+    from compress.text_models import BertShape, build_teacher
+    from stages import export
+
+    _, data = tiny_data
+    model_path = tmp_path / "teacher.safetensors"
+    save_model(build_teacher(data, BertShape(layers=2, hidden=32, heads=4, intermediate=64), seed=0), model_path)
+    cfg = load(None, ["export.optimize=false", "export.parity_samples=8"]).export
+    with pytest.warns(UserWarning, match="attention not fused"):
+        result = export.run(cfg, {"teacher": model_path}, data, tmp_path / "out")
+    assert result.metrics["teacher"]["attention_fused"] is False
+    from compress.report import _unfused_warning
+
+    assert "WARNING: attention is not fused in teacher" in _unfused_warning(
+        {"teacher": {"attention_fused": False, "fused_operators": {}}})
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "teacher.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_per_stage_cli_with_a_save_pretrained_teacher(tmp_path, tiny_data):
+    csv_path, data = tiny_data
+    folder = save_pretrained_teacher(tmp_path / "bert", data)
+    sets = [arg for key in TINY for arg in ("--set", key)]
+    common = ["--data", str(csv_path), *sets]
+
+    def compress(*args):
+        done = subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    compress("teacher", *common, "--set", "teacher.source=file", "--set", f"teacher.path={json.dumps(str(folder))}",
+             "--out", str(tmp_path / "t"))
+    teacher = tmp_path / "t" / "teacher.safetensors"
+    assert (tmp_path / "t" / "tokenizer.json").read_text() != data.tokenizer_json  # the folder's tokenizer, configured
+    compress("distill", "--teacher", str(teacher), *common, "--out", str(tmp_path / "d"))
+    compress("prune", str(tmp_path / "d" / "student.safetensors"), "--teacher", str(teacher), *common,
+             "--out", str(tmp_path / "p"))
+    compress("export", str(tmp_path / "p" / "pruned.safetensors"), *common, "--out", str(tmp_path / "e" / "pruned.onnx"))
+    compress("quantize", str(tmp_path / "e" / "pruned.onnx"), *common, "--set", 'quantize.mode="dynamic"',
+             "--out", str(tmp_path / "q" / "int8.onnx"))
+    from compress.onnxutil import load_onnx, metadata
+
+    props = metadata(load_onnx(tmp_path / "q" / "int8.onnx"))
+    # dynamic mode builds dynamic_int8 alone; fp32 is kept when it is not faster on this tiny model
+    assert props.get("quantization", {"candidate": "dynamic_int8"})["candidate"] == "dynamic_int8"
+    prune = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert prune["after_finetune"]["parity"]["fused_operators"]["Attention"] == 2
