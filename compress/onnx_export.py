@@ -3,7 +3,6 @@ inference) and verify it against PyTorch on real test inputs. Shared by the expo
 pruning, which verifies every step this way."""
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from onnx import shape_inference
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path
-from compress.onnxutil import make_session, predict
+from compress.onnxutil import make_session, predict, set_metadata
 from compress.train import predict_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -84,8 +83,4 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, data: Dataset, cfg: Ex
 def _set_metadata(model: onnx.ModelProto, data: Dataset, run_info: dict) -> None:
     props = {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
              "producer": run_info}
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    model.producer_name = "compress"
+    set_metadata(model, props)

@@ -81,8 +81,8 @@ def ship(cfg: BundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -
     with staging_dir(out_dir, bundle_files(out_dir)) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
         ort_name, config_name = convert_to_ort(tmp / "model.onnx", cfg)
-        onnx_session = _session(tmp / "model.onnx", cfg)
-        ort_session = _session(tmp / ort_name, cfg)
+        onnx_session = bundle_session(tmp / "model.onnx", cfg)
+        ort_session = bundle_session(tmp / ort_name, cfg)
         input_spec = _input_signature(onnx_session, spec, source)
         parity = ort_parity(onnx_session, ort_session, data)
         _check_recorded_accuracy(parity["onnx_accuracy"], manifest["results"][name]["accuracy"], len(data.test), name)
@@ -284,7 +284,7 @@ def convert_to_ort(onnx_path: Path, cfg: BundleConfig) -> tuple[str, str]:
     return "model.ort", configs[0]
 
 
-def _session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
+def bundle_session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = cfg.threads
     options.inter_op_num_threads = 1

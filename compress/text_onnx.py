@@ -26,7 +26,8 @@ from compress.errors import CompressError
 from compress.fsutil import atomic_path, sha256, working_directory
 from compress.latency import Target, TimingRules, latency_summary, time_interleaved, time_jobs
 from compress.metrics import classification_metrics
-from compress.onnxutil import load_onnx, make_session
+from compress.onnxutil import load_onnx, make_session, set_metadata
+from compress.text_data import load_tokenizer  # the one tokenizer loader
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
@@ -107,19 +108,6 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, pad_to_max: bool 
     return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
-
-
-def load_tokenizer(path: str | Path):
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"tokenizer file not found: {path} (a tokenizer.json saved by the tokenizers library)")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a plain Exception for malformed files
-        raise CompressError(f"{path} is not a tokenizers tokenizer.json ({str(exc).splitlines()[0]}): save it with "
-                            "tokenizer.save(path)") from exc
 
 
 def take(samples: dict[str, np.ndarray], count: int | None = None, start: int = 0) -> dict[str, np.ndarray]:
@@ -205,11 +193,7 @@ def set_text_metadata(model: onnx.ModelProto, class_labels: list[str], max_lengt
     props = {"task": "text-classification", "class_labels": [str(c) for c in class_labels], "max_length": int(max_length),
              "input_names": list(input_names), "tokenizer_sha256": sha256(tokenizer_path) if tokenizer_path else None,
              "producer": run_info}
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    model.producer_name = "compress"
+    set_metadata(model, props)
 
 
 def torch_logits(model: torch.nn.Module, samples: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:

@@ -16,8 +16,9 @@ import onnxruntime as ort
 from compress.errors import CompressError
 from compress.fsutil import sha256, staging_dir, write_json
 from compress.onnxutil import load_onnx, metadata
-from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, convert_to_ort
-from compress.text_onnx import copy_tokenizer, encode_texts, load_tokenizer, onnx_logits
+from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, bundle_session, convert_to_ort
+from compress.text_data import load_tokenizer
+from compress.text_onnx import copy_tokenizer, encode_texts, onnx_logits
 
 TASK = "text-classification"
 
@@ -41,7 +42,7 @@ def ship_text_bundle(model_path: Path, tokenizer_path: Path, out_dir: Path, text
         shutil.copyfile(model_path, tmp / "model.onnx")
         copy_tokenizer(tokenizer_path, model_path, tmp / "tokenizer.json")
         ort_name, config_name = convert_to_ort(tmp / "model.onnx", cfg)
-        onnx_session, ort_session = _session(tmp / "model.onnx", cfg), _session(tmp / ort_name, cfg)
+        onnx_session, ort_session = bundle_session(tmp / "model.onnx", cfg), bundle_session(tmp / ort_name, cfg)
         names = [i.name for i in onnx_session.get_inputs()]
         if names != spec["input_names"]:
             raise CompressError(f"{model_path} takes inputs {names} but its metadata says {spec['input_names']}; re-export it")
@@ -138,15 +139,3 @@ def _samples(texts: list[str], labels, onnx_out: np.ndarray, ort_out: np.ndarray
         raise CompressError("the model gets none of the given texts right: check its accuracy before shipping it")
     return [{"text": texts[i], "label": classes[int(predicted[i])], "index": int(i),
              "probability": round(float(probs[i].max()), 6)} for i in chosen[:count]]
-
-
-def _session(path: Path, cfg: BundleConfig) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cfg.threads
-    options.inter_op_num_threads = 1
-    if path.suffix == ".ort" and cfg.optimization_style == "runtime":
-        options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CompressError(f"onnxruntime cannot load the bundled {path.name}: {str(exc).splitlines()[0]}") from exc

@@ -42,7 +42,7 @@ class DistillConfig:
     student_init: str = "teacher"  # teacher: embeddings and evenly spaced teacher layers copied; random: from scratch
     hidden_weight: float = 0.0  # TinyBERT hidden-state MSE (through a learned projection); 0 = off
     attention_weight: float = 0.0  # TinyBERT attention-map MSE; 0 = off
-    text_train: TrainConfig = field(default_factory=lambda: text_train_config(epochs=5, lr=1e-3))  # the student's training
+    text_train: TrainConfig = field(default_factory=lambda: text_train_config(epochs=4, lr=1e-3))  # the student's training
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -92,11 +92,8 @@ def run(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir: Pat
         baseline = build_model(cfg.student, data.input_shape, data.num_classes)
         baseline.load_state_dict(initial_state)
         base_result = train_supervised(baseline, data, cfg.train, "baseline")
-        save_model(baseline, out_dir / "student_baseline.safetensors")
-        outputs["student_baseline"] = out_dir / "student_baseline.safetensors"
-        metrics["student_baseline"] = {"val_accuracy": base_result.best_val_accuracy,
-                                       "test_accuracy": evaluate(baseline, data.test),
-                                       "best_epoch": base_result.best_epoch, "train_s": round(base_result.wall_s, 2)}
+        outputs["student_baseline"] = _save_baseline(baseline, out_dir)
+        metrics["student_baseline"] = _baseline_record(baseline, base_result, data)
     return StageResult(outputs, metrics)
 
 
@@ -128,9 +125,16 @@ def run_text(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir
         baseline = copy.deepcopy(student)
         baseline.load_state_dict(initial_state)
         base_result = distill_text(baseline, None, data, cfg.text_train, desc="baseline")
-        save_model(baseline, out_dir / "student_baseline.safetensors")
-        outputs["student_baseline"] = out_dir / "student_baseline.safetensors"
-        metrics["student_baseline"] = {"val_accuracy": base_result.best_val_accuracy,
-                                       "test_accuracy": evaluate(baseline, data.test),
-                                       "best_epoch": base_result.best_epoch, "train_s": round(base_result.wall_s, 2)}
+        outputs["student_baseline"] = _save_baseline(baseline, out_dir)
+        metrics["student_baseline"] = _baseline_record(baseline, base_result, data)
     return StageResult(outputs, metrics)
+
+
+def _save_baseline(baseline, out_dir: Path) -> Path:
+    save_model(baseline, out_dir / "student_baseline.safetensors")
+    return out_dir / "student_baseline.safetensors"
+
+
+def _baseline_record(baseline, result, data: Dataset) -> dict:
+    return {"val_accuracy": result.best_val_accuracy, "test_accuracy": evaluate(baseline, data.test),
+            "best_epoch": result.best_epoch, "train_s": round(result.wall_s, 2)}

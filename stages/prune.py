@@ -98,7 +98,7 @@ class PruneConfig:
     head_amount: float = 0.5  # share of all attention heads removed (at least one kept per layer, so counts differ)
     ffn_amount: float = 0.5  # share of every layer's FFN neurons removed (kept count a multiple of round_to)
     importance_samples: int = 256  # train samples the gradient head/neuron importance is summed over
-    text_finetune: TrainConfig = field(default_factory=lambda: text_train_config(epochs=3, lr=5e-4))  # KD fine-tune after pruning
+    text_finetune: TrainConfig = field(default_factory=lambda: text_train_config(epochs=2, lr=5e-4))  # KD fine-tune after pruning
     text_alpha: float = 0.9  # soft-target weight of the text fine-tune (the teacher is the larger BERT)
 
     def __post_init__(self) -> None:
