@@ -753,7 +753,7 @@ def run_text(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset, out_d
         names = [i.name for i in make_session(Path(path)).get_inputs()]
         results[name] = {**benchmark_text_model(Path(path), text_run.samples(data.test, names), data.test.y,
                                                 tuple(cfg.seq_lengths), cfg.headline_seq, target, rules),
-                         "provider": target.provider, "threads": cfg.threads}
+                         "path": str(path), "provider": target.provider, "threads": cfg.threads}
     baseline = tfidf_baseline(data)
     outputs = {"benchmark_json": out_dir / "benchmark.json", "benchmark_md": out_dir / "benchmark.md"}
     document = {
