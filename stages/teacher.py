@@ -280,11 +280,24 @@ def run_text(cfg: TeacherConfig, data: Dataset, out_dir: Path) -> StageResult:
     return StageResult({"teacher": path, "tokenizer": text_run.write_tokenizer(data, out_dir)}, metrics)
 
 
-def rebuild_packaged_text_teacher() -> None:
+def save_text_pretrained(model: torch.nn.Module, cfg: TeacherConfig, data: Dataset, notes: dict) -> Path:
+    """Write a packaged text teacher (weights, the tokenizer it was trained with, and what it was trained on)."""
     import json
 
-    from compress.data import load_dataset
     from compress.fsutil import write_text
+
+    folder = text_pretrained_dir(cfg, data.config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, folder / "teacher.safetensors")
+    text_run.write_tokenizer(data, folder)
+    meta = {"data": _text_split_identity(data.config), "model": asdict(cfg.text_model), "train": asdict(cfg.text_train),
+            "mlm_epochs": cfg.mlm_epochs, **notes}
+    write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def rebuild_packaged_text_teacher() -> None:
+    from compress.data import load_dataset
     from compress.text_data import tfidf_baseline
     from compress.text_models import train_teacher as train_text_teacher
 
@@ -292,16 +305,10 @@ def rebuild_packaged_text_teacher() -> None:
     data_cfg, cfg = DataConfig(source="bbc-news"), TeacherConfig(source="train")
     data = load_dataset(data_cfg)
     model, result = train_text_teacher(data, cfg.text_model, cfg.text_train, cfg.mlm_epochs)
-    folder = text_pretrained_dir(cfg, data_cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, folder / "teacher.safetensors")
-    text_run.write_tokenizer(data, folder)
     test_accuracy, baseline = evaluate(model, data.test), tfidf_baseline(data)["accuracy"]
-    meta = {"data": _text_split_identity(data_cfg), "model": asdict(cfg.text_model), "train": asdict(cfg.text_train),
-            "mlm_epochs": cfg.mlm_epochs, "val_accuracy": result.best_val_accuracy, "test_accuracy": test_accuracy,
-            "tfidf_test_accuracy": baseline, "train_s": round(result.wall_s, 1),
-            "command": "python -m stages.teacher --text"}
-    write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    folder = save_text_pretrained(model, cfg, data, {
+        "val_accuracy": result.best_val_accuracy, "test_accuracy": test_accuracy, "tfidf_test_accuracy": baseline,
+        "train_s": round(result.wall_s, 1), "command": "python -m stages.teacher --text"})
     print(f"wrote {folder}: val accuracy {result.best_val_accuracy:.4f}, test accuracy {test_accuracy:.4f} "
           f"(TF-IDF + LR {baseline:.4f}), {result.wall_s:.0f} s")
 

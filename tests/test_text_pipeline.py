@@ -263,3 +263,27 @@ def test_per_stage_cli_with_a_save_pretrained_teacher(tmp_path, tiny_data):
     assert props.get("quantization", {"candidate": "dynamic_int8"})["candidate"] == "dynamic_int8"
     prune = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert prune["after_finetune"]["parity"]["fused_operators"]["Attention"] == 1  # the student: half of 2 layers
+
+
+def test_auto_uses_a_packaged_text_teacher_that_matches(tmp_path, tiny_data, monkeypatch):
+    import stages.teacher as teacher_stage
+    from compress.checkpoint import load_model
+    from compress.text_models import BertShape, build_teacher
+    from stages.teacher import TeacherConfig, save_text_pretrained, teacher_inputs
+
+    _, data = tiny_data
+    monkeypatch.setattr(teacher_stage, "PRETRAINED_DIR", tmp_path / "weights")
+    shape = BertShape(layers=2, hidden=32, heads=4, intermediate=64, dropout=0.0)
+    cfg = TeacherConfig(text_model=shape)
+    assert teacher_inputs(cfg, data.config) == {}  # nothing packaged: auto trains
+    packaged = build_teacher(data, shape, seed=0)
+    save_text_pretrained(packaged, cfg, data, {"test_accuracy": 0.0})
+    assert set(teacher_inputs(cfg, data.config)) == {"pretrained", "pretrained_tokenizer"}
+    result = teacher_stage.run(cfg, teacher_inputs(cfg, data.config), data, tmp_path / "out")
+    assert result.metrics["source"] == "pretrained"
+    loaded = load_model(result.outputs["teacher"])
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), packaged.state_dict().values()))
+    other = TeacherConfig(text_model=BertShape(layers=1, hidden=32, heads=4, intermediate=64))
+    assert teacher_inputs(other, data.config) == {}  # another shape: not packaged
