@@ -263,6 +263,10 @@ def test_per_stage_cli_with_a_save_pretrained_teacher(tmp_path, tiny_data):
     assert props.get("quantization", {"candidate": "dynamic_int8"})["candidate"] == "dynamic_int8"
     prune = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert prune["after_finetune"]["parity"]["fused_operators"]["Attention"] == 1  # the student: half of 2 layers
+    done = compress("benchmark", str(tmp_path / "e" / "pruned.onnx"), str(tmp_path / "q" / "int8.onnx"), *common,
+                    "--out", str(tmp_path / "b"))
+    assert "batch 1, 32 tokens" in done.stdout
+    assert "TF-IDF + LR" in (tmp_path / "b" / "benchmark.md").read_text()
 
 
 def test_auto_uses_a_packaged_text_teacher_that_matches(tmp_path, tiny_data, monkeypatch):
