@@ -175,10 +175,11 @@ TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
 
 
 def unsupported_file_message(path: Path) -> str:
-    """What to say about an existing file that is neither an .npz nor an image folder (text sources come with the text path)."""
+    """What to say about an existing file that is no dataset compress reads (.csv/.tsv/.jsonl go to the text path)."""
     if path.suffix.lower() in TEXT_SUFFIXES:
-        return (f"{path} is a {path.suffix.lstrip('.').upper()} file: compress reads images from .npz files or image "
-                "folders; text CSV sources come with the text path")
+        return (f"{path} is a {path.suffix.lstrip('.').upper()} file: text data is a .csv, .tsv or .jsonl file (a text "
+                "and a label column) or a folder with one subfolder of .txt files per class; images are an .npz file "
+                "or an image folder")
     return f"{path} is not a dataset compress can read: give an image folder (one subfolder per class) or an .npz file with x and y"
 
 

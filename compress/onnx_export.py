@@ -3,6 +3,7 @@ inference) and verify it against PyTorch on real test inputs. Shared by the expo
 pruning, which verifies every step this way."""
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from onnx import shape_inference
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path
-from compress.onnxutil import make_session, predict, set_metadata
+from compress.onnxutil import make_session, predict
 from compress.train import predict_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -29,15 +30,8 @@ class ExportConfig:
     parity_samples: int = 256  # real test samples compared between PyTorch and onnxruntime
     atol: float = 1e-3  # largest allowed |onnx - torch| logit difference
     min_agreement: float = 0.995  # smallest allowed share of identical top-1 predictions
-    # Text models only (compress.text_onnx):
-    text_rtol: float = 1e-3  # largest max|onnx - torch| relative to the logit scale (BERT logits are not O(1)-bounded)
-    optimize: bool = True  # run onnxruntime's transformer optimizer (attention, LayerNorm and GELU fusion)
-    require_fused_attention: bool = False  # attention not fused in every layer: an error; false = a loud warning and
-    # a line in report.md (the model still works, only slower)
 
     def __post_init__(self) -> None:
-        if self.text_rtol <= 0:
-            raise ValueError(f"export.text_rtol must be > 0, got {self.text_rtol}")
         if not 13 <= self.opset <= 21:
             raise ValueError(f"export.opset must be within 13..21, got {self.opset}")
         if self.parity_samples < 1:
@@ -81,6 +75,14 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, data: Dataset, cfg: Ex
 
 
 def _set_metadata(model: onnx.ModelProto, data: Dataset, run_info: dict) -> None:
-    props = {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
-             "producer": run_info}
-    set_metadata(model, props)
+    write_metadata(model, {"class_labels": data.class_names, "preprocessing": data.preprocessing(), "dataset": data.name,
+                           "producer": run_info})
+
+
+def write_metadata(model: onnx.ModelProto, props: dict) -> None:
+    """Replace the model's metadata_props by ``props`` (each value JSON-encoded) and name compress its producer."""
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    model.producer_name = "compress"

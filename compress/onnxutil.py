@@ -234,15 +234,6 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256)
     return np.concatenate(outputs)
 
 
-def set_metadata(model: onnx.ModelProto, props: dict) -> None:
-    """Replace the model's metadata_props by ``props`` (values JSON-encoded) and mark compress as its producer."""
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    model.producer_name = "compress"
-
-
 def metadata(model: onnx.ModelProto) -> dict:
     """metadata_props as a dict, JSON values decoded."""
     result = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data import DataConfig, Dataset, Split, stratified_split
+from compress.data import IMAGE_SUFFIXES, DataConfig, Dataset, Split, stratified_split
 from compress.errors import CompressError, first_line
 
 BUILTIN_TEXT = ("bbc-news",)
@@ -31,13 +31,19 @@ PAD_CANDIDATES = ("[PAD]", "<pad>")
 
 
 def is_text_source(source: str) -> bool:
-    """bbc-news, a .csv/.tsv/.jsonl file, or a folder whose class subfolders hold .txt files."""
+    """bbc-news, a .csv/.tsv/.jsonl file, or a folder whose class subfolders hold more .txt files than images
+    (an image folder with a stray .txt file stays an image folder, whose loader then names that file, and
+    the other way round)."""
     if source in BUILTIN_TEXT:
         return True
     path = Path(source)
     if path.suffix.lower() in TEXT_FILE_SUFFIXES:
         return True
-    return path.is_dir() and any(path.glob("*/*.txt"))
+    if not path.is_dir():
+        return False
+    suffixes = [file.suffix.lower() for file in path.glob("*/*")]
+    texts = suffixes.count(".txt")
+    return texts > 0 and texts > sum(suffix in IMAGE_SUFFIXES for suffix in suffixes)
 
 
 def require(package: str) -> None:

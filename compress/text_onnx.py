@@ -26,7 +26,8 @@ from compress.errors import CompressError
 from compress.fsutil import atomic_path, sha256, working_directory
 from compress.latency import Target, TimingRules, latency_summary, time_interleaved, time_jobs
 from compress.metrics import classification_metrics
-from compress.onnxutil import load_onnx, make_session, set_metadata
+from compress.onnx_export import write_metadata
+from compress.onnxutil import load_onnx, make_session
 from compress.text_data import load_tokenizer  # the one tokenizer loader
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -193,7 +194,7 @@ def set_text_metadata(model: onnx.ModelProto, class_labels: list[str], max_lengt
     props = {"task": "text-classification", "class_labels": [str(c) for c in class_labels], "max_length": int(max_length),
              "input_names": list(input_names), "tokenizer_sha256": sha256(tokenizer_path) if tokenizer_path else None,
              "producer": run_info}
-    set_metadata(model, props)
+    write_metadata(model, props)
 
 
 def torch_logits(model: torch.nn.Module, samples: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:

@@ -293,10 +293,14 @@ def test_npz_of_random_bytes_is_not_called_pickled_data(tmp_path):
     assert "pickle" not in message
 
 
-def test_a_csv_given_as_data_says_what_it_is(tmp_path):
+def test_a_csv_given_as_data_is_read_as_text_and_its_problem_named(tmp_path):
+    """A CSV is a text source now: one that exists is never 'not found'; its real problem is named."""
     (tmp_path / "d.csv").write_text("text,label\nhello,0\n")
     fails(["teacher", "--data", tmp_path / "d.csv", *TEACHER, "--out", tmp_path / "t"],
-          "is a CSV file: compress reads images from .npz files or image folders", tmp_path)
+          f"{tmp_path / 'd.csv'} has only one class (0): a classifier needs at least 2", tmp_path)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    fails(["teacher", "--data", tmp_path / "notes.txt", *TEACHER, "--out", tmp_path / "t"],
+          "is a TXT file: text data is a .csv, .tsv or .jsonl file", tmp_path)
 
 
 def test_a_config_file_that_is_not_utf8(tmp_path):

@@ -125,8 +125,10 @@ def model_json_problem(folder: Path, info: dict) -> str | None:
     for key in ("onnx", "ort"):
         if not inside(folder, models[key]):
             return f"the {key} model {models[key]!r} lies outside the bundle folder"
+    if not isinstance(info["classes"], list) or not info["classes"]:
+        return "'classes' must be a non-empty list"
     if info.get("task") == "text-classification":
-        return _text_model_json_problem(folder, info)
+        return None  # no image geometry; TextBundle checks the tokenizer it loads
     shape = info["input"]
     if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] >= 1 for k in ("channels", "height", "width")):
         return "'input' must give channels, height and width as positive integers"
@@ -147,23 +149,6 @@ def model_json_problem(folder: Path, info: dict) -> str | None:
     outside = [s["file"] for s in samples if not inside(folder, s["file"])]
     if outside:
         return f"sample {outside[0]!r} lies outside the bundle folder"
-    return None
-
-
-def _text_model_json_problem(folder: Path, info: dict) -> str | None:
-    """The fields a text bundle's app reads: input names and max_length, classes, the tokenizer file, samples."""
-    shape = info["input"]
-    if not isinstance(shape, dict) or not isinstance(shape.get("names"), list) or \
-            not (isinstance(shape.get("max_length"), int) and shape["max_length"] >= 2):
-        return "'input' must list the input names and give max_length as an integer >= 2"
-    if not isinstance(info["classes"], list) or not info["classes"]:
-        return "'classes' must be a non-empty list"
-    tokenizer = info.get("tokenizer")
-    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("file"), str) or not inside(folder, tokenizer["file"]):
-        return "'tokenizer' must name a tokenizer.json inside the bundle folder"
-    samples = info.get("samples", [])
-    if not isinstance(samples, list) or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples):
-        return "'samples' must be a list of {text, label}"
     return None
 
 

@@ -335,10 +335,13 @@ def test_error_names_the_node_onnxruntime_cannot_quantize(mode, digits, tmp_path
 
 
 def test_error_when_there_is_nothing_to_quantize(digits, tmp_path):
+    """Ten outputs (it fits digits), but only data-movement ops and Abs: nothing int8 would compute."""
     nodes = [helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
-             helper.make_node("Abs", ["flat"], ["logits"], name="abs")]
-    path = _graph_model(tmp_path / "nothing.onnx", nodes, [], ["n", 64])
-    with pytest.raises(CompressError, match=r"nothing to quantize in .*nothing.onnx: none of its nodes \(Abs, Flatten\)"):
+             helper.make_node("Abs", ["flat"], ["abs"], name="abs"),
+             helper.make_node("Slice", ["abs", "starts", "ends", "axes"], ["logits"], name="first_ten")]
+    bounds = [numpy_helper.from_array(np.array([v], np.int64), name) for name, v in (("starts", 0), ("ends", 10), ("axes", 1))]
+    path = _graph_model(tmp_path / "nothing.onnx", nodes, bounds, ["n", 10])
+    with pytest.raises(CompressError, match=r"nothing to quantize in .*nothing.onnx: none of its nodes \(Abs, Flatten, Slice\)"):
         quantize(QuantizeConfig(mode="static", **QUICK), path, digits, tmp_path / "q.onnx")
 
 
