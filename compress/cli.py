@@ -535,8 +535,12 @@ def benchmark(model_paths, list_providers, data, inputs_path, mlperf, plot, out_
     metrics = {name: r for name, r in record["metrics"].items() if name in paths}
     click.echo(terminal_table(metrics), nl=False)
     first = next(iter(metrics.values()))
-    click.echo(f"{first['provider']}, {cfg.benchmark.threads} thread(s), latency batch {first['latency_batch'] or 'fixed'}; "
-               f"input transfer: {first['transfer'].get('reason', 'see the JSON')}")
+    if "seq_length" in first:  # text models: batch 1 at the headline sequence length
+        click.echo(f"{first['provider']}, {cfg.benchmark.threads} thread(s), batch 1, {first['seq_length']} tokens; "
+                   "every sequence length and the TF-IDF + LR baseline are in benchmark.md")
+    else:
+        click.echo(f"{first['provider']}, {cfg.benchmark.threads} thread(s), latency batch {first['latency_batch'] or 'fixed'}; "
+                   f"input transfer: {first['transfer'].get('reason', 'see the JSON')}")
     for target in (out_dir, json_path, markdown_path):
         if target:
             click.echo(f"wrote {target}")

@@ -30,8 +30,15 @@ class ExportConfig:
     parity_samples: int = 256  # real test samples compared between PyTorch and onnxruntime
     atol: float = 1e-3  # largest allowed |onnx - torch| logit difference
     min_agreement: float = 0.995  # smallest allowed share of identical top-1 predictions
+    # Text models only (compress.text_onnx):
+    text_rtol: float = 1e-3  # largest max|onnx - torch| relative to the logit scale (BERT logits are not O(1)-bounded)
+    optimize: bool = True  # run onnxruntime's transformer optimizer (attention, LayerNorm and GELU fusion)
+    require_fused_attention: bool = False  # attention not fused in every layer: an error; false = a loud warning and
+    # a line in report.md (the model still works, only slower)
 
     def __post_init__(self) -> None:
+        if self.text_rtol <= 0:
+            raise ValueError(f"export.text_rtol must be > 0, got {self.text_rtol}")
         if not 13 <= self.opset <= 21:
             raise ValueError(f"export.opset must be within 13..21, got {self.opset}")
         if self.parity_samples < 1:

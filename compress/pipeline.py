@@ -31,7 +31,7 @@ from compress.runner import (
 )
 from compress.train import checkpoint_files
 from stages import STAGES
-from stages.teacher import teacher_inputs
+from stages.teacher import teacher_data, teacher_inputs
 
 CHECKPOINTS = ".checkpoints"  # run_dir/.checkpoints/<stage>/: per-epoch training checkpoints of the stage in progress
 
@@ -51,7 +51,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         manifest = new_manifest(to_dict(cfg))
         manifest["training_processes"] = distributed.context().world_size
         torch.set_num_threads(distributed.threads_per_process(cfg.threads))
-        data = load_dataset(cfg.data)
+        data = teacher_data(cfg.teacher, load_dataset(cfg.data))  # text: encoded by the teacher's own tokenizer
         identity = data_identity(cfg.data)
         manifest["data"] = {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                             "classes": data.class_names, "preprocessing": data.preprocessing(),
@@ -89,6 +89,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         manifest["results"] = {name: _result_entry(r) for name, r in manifest["stages"]["benchmark"]["metrics"].items()
                                if name in artifacts}
         manifest["latency_ratios"] = manifest["stages"]["benchmark"]["metrics"].get("latency_ratios", {})
+        if data.kind == "text":
+            manifest["baselines"] = {"tfidf_lr": manifest["stages"]["benchmark"]["metrics"]["tfidf_baseline"]}
+            manifest["fusion"] = {name: {"fused_operators": m["fused_operators"], "attention_fused": m["attention_fused"]}
+                                  for name, m in manifest["stages"]["export"]["metrics"].items()}
         manifest["ship"] = choose_artifact(manifest["results"], cfg.ship.candidates, cfg.ship.accuracy_budget, artifacts, run_dir)
         manifest["status"] = "complete"
         manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -68,9 +68,10 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
     parts = [_summary_section(manifest, plot_name), _latency_ratio_section(manifest.get("latency_ratios", {})),
              _ship_section(manifest.get("ship", {})),
              _distillation_section(stages.get("distill", {}).get("metrics", {})),
-             prune_markdown(prune) if (prune := stages.get("prune", {}).get("metrics")) else "",
+             _prune_section(stages.get("prune", {}).get("metrics")),
              _quantization_section(stages.get("quantize", {})),
-             _parity_section(stages.get("export", {}).get("metrics", {})), _stages_section(stages)]
+             _parity_section(stages.get("export", {}).get("metrics", {})),
+             _fusion_section(manifest.get("fusion", {})), _stages_section(stages)]
     path = run_dir / "report.md"
     write_text(path, "\n".join(part for part in parts if part))
     return path
@@ -88,7 +89,43 @@ def _summary_section(manifest: dict, plot_name: str) -> str:
         + (f", the artifacts interleaved in {bench_cfg['rounds']} rounds in one process" if bench_cfg.get("interleave") else "")
         + f". Throughput at batch {bench_cfg['throughput_batch']} is in `benchmark/benchmark.md`.\n",
         "## Teacher vs student vs pruned vs int8\n", results_table(manifest["results"]),
+        _baseline_line(manifest.get("baselines", {})), _unfused_warning(manifest.get("fusion", {})),
         f"\n![accuracy vs latency]({plot_name})\n"])
+
+
+def _baseline_line(baselines: dict) -> str:
+    """Text runs: the TF-IDF + logistic-regression row, trained and scored on the same split."""
+    if "tfidf_lr" not in baselines:
+        return ""
+    b = baselines["tfidf_lr"]
+    return markdown_table(["baseline (same split)", "accuracy", "F1 (macro)", "precision (macro)", "recall (macro)"],
+                          [["TF-IDF + logistic regression", f"{100 * b['accuracy']:.2f}%", f"{100 * b['f1_macro']:.2f}%",
+                            f"{100 * b['precision_macro']:.2f}%", f"{100 * b['recall_macro']:.2f}%"]])
+
+
+def _unfused_warning(fusion: dict) -> str:
+    unfused = [name for name, f in fusion.items() if not f["attention_fused"]]
+    if not unfused:
+        return ""
+    return (f"\n> **WARNING: attention is not fused in {', '.join(unfused)}**: onnxruntime's transformer optimizer "
+            "did not turn every attention layer into one Attention node, so these models run slower than they "
+            "could. Build the model with attn_implementation='eager' (see the Fused operators section).\n")
+
+
+def _fusion_section(fusion: dict) -> str:
+    if not fusion:
+        return ""
+    return "\n".join(["\n## Fused operators (onnxruntime transformer optimizer)\n", markdown_table(
+        ["model", "attention fused", "fused operators"],
+        [[name, "yes" if f["attention_fused"] else "**NO**",
+          ", ".join(f"{op} x{n}" for op, n in sorted(f["fused_operators"].items())) or "none"]
+         for name, f in fusion.items()])])
+
+
+def _prune_section(prune: dict | None) -> str:
+    if not prune:
+        return ""
+    return text_prune_markdown(prune) if prune.get("method") == "heads+ffn" else prune_markdown(prune)
 
 
 def _latency_ratio_section(ratios: dict) -> str:
@@ -150,6 +187,8 @@ def _quantization_section(stage: dict) -> str:
 def _parity_section(export: dict) -> str:
     if not export:
         return ""
+    # text models: the parity of the optimized model (the file written) against PyTorch
+    export = {name: p.get("optimized_parity") or p.get("export_parity") or p for name, p in export.items()}
     return "\n".join(["\n## Export parity (onnxruntime vs PyTorch)\n", markdown_table(
         ["model", "samples", "max abs diff", "top-1 agreement"],
         [[name, p["samples"], f"{p['max_abs_diff']:.2e}", f"{100 * p['top1_agreement']:.2f}%"]
@@ -159,6 +198,26 @@ def _parity_section(export: dict) -> str:
 def _stages_section(stages: dict) -> str:
     return "\n".join(["\n## Stages\n", markdown_table(
         ["stage", "status", "wall s"], [[name, s["status"], f"{s['wall_s']:.1f}"] for name, s in stages.items()])])
+
+
+def text_prune_markdown(metrics: dict, heading: str = "## Pruning (attention heads and FFN neurons)") -> str:
+    """The text prune stage's metrics: head counts and FFN widths per layer, params, MACs and accuracy."""
+    before, after, tuned = metrics["before"], metrics["after_prune"], metrics["after_finetune"]
+    table = markdown_table(
+        ["", "heads per layer", "FFN per layer", "params", "MACs", "val accuracy"],
+        [["before", metrics["heads_before"], metrics["ffn_before"], f"{before['params']:,}", f"{before['macs']:,}",
+          f"{100 * before['val_accuracy']:.2f}%"],
+         ["pruned", metrics["heads_after"], metrics["ffn_after"], f"{after['params']:,}", f"{after['macs']:,}",
+          f"{100 * after['val_accuracy']:.2f}%"],
+         ["fine-tuned", "", "", "", "", f"{100 * tuned['val_accuracy']:.2f}%"]])
+    parity = tuned["parity"]
+    return "\n".join([
+        f"\n{heading}\n",
+        f"Importance: {metrics['importance']}; {100 * metrics['head_amount']:.0f}% of the heads and "
+        f"{100 * metrics['ffn_amount']:.0f}% of each FFN removed, then a distillation fine-tune.\n", table,
+        f"Every step verified (forward, ONNX export, fusion, parity); after the fine-tune: fused "
+        f"{parity['fused_operators']}, heads per Attention node {parity['heads_per_layer']}, max |diff| "
+        f"{parity['optimized_parity']['max_abs_diff']:.2e}.\n"])
 
 
 def prune_markdown(prune: dict, heading: str = "## Pruning") -> str:

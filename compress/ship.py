@@ -76,6 +76,8 @@ def ship(cfg: BundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -
     name, source, chosen = _pick_artifact(manifest, run_dir, cfg.artifact)
     model = load_onnx(source)
     props = metadata(model)
+    if props.get("task") == "text-classification":
+        return _ship_text(cfg, manifest, run_dir, out_dir, name, source, chosen, force)
     spec = _image_spec(props, source)
     data = _run_dataset(manifest)
     _check_dataset(data, spec, source)
@@ -119,6 +121,30 @@ def ship(cfg: BundleConfig, run_dir: Path, out_dir: Path, force: bool = False) -
         bundle["files"] = {path.relative_to(tmp).as_posix(): {"sha256": sha256(path), "bytes": path.stat().st_size}
                            for path in sorted(tmp.rglob("*")) if path.is_file()}
         write_json(tmp / "model.json", bundle)
+    return bundle
+
+
+def _ship_text(cfg: BundleConfig, manifest: dict, run_dir: Path, out_dir: Path, name: str, source: Path, chosen: bool,
+               force: bool) -> dict:
+    """A text run's bundle (compress.text_ship): the model, its .ort, the run's tokenizer.json and the labels,
+    verified on the run's test texts."""
+    from compress.text_data import load_text_dataset
+    from compress.text_ship import ship_text_bundle
+
+    tokenizer = source.parent / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise CompressError(f"{tokenizer} is missing from the run: restore it with compress pipeline --out {run_dir} --resume")
+    try:
+        data_cfg = DataConfig(**manifest["config"]["data"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CompressError(f"the run's manifest has no usable data config ({exc}): rerun the pipeline") from exc
+    data = load_text_dataset(data_cfg, tokenizer=tokenizer)
+    bundle = ship_text_bundle(source, tokenizer, out_dir, data.test.texts, data.test.y, cfg, artifact=name,
+                              metrics=_run_metrics(manifest, name), force=force)
+    _check_recorded_accuracy(bundle["verification"]["onnx_accuracy"], manifest["results"][name]["accuracy"],
+                             len(data.test), name)
+    bundle["chosen_by_pipeline"] = chosen
+    bundle["verification"].update(test_samples=len(data.test), samples_verified=len(bundle["samples"]))
     return bundle
 
 

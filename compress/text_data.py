@@ -283,18 +283,20 @@ def learn_wordpiece_vocab(word_counts: Counter[str], size: int, min_frequency: i
 
 
 def load_tokenizer(path: str | Path):
+    """A tokenizers ``Tokenizer`` from a tokenizer.json (or the folder holding one); the one loader for text."""
     from tokenizers import Tokenizer
 
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
-        raise CompressError(f"tokenizer not found: {path} (give a tokenizer.json, e.g. the one save_pretrained writes "
+        raise CompressError(f"tokenizer file not found: {path} (give a tokenizer.json, e.g. the one save_pretrained writes "
                             "for a fast tokenizer)")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception for a bad file
-        raise CompressError(f"cannot read {path} as a tokenizer.json ({first_line(exc)})") from exc
+        raise CompressError(f"{path} is not a tokenizers tokenizer.json ({first_line(exc)}): save it with "
+                            "tokenizer.save(path)") from exc
 
 
 def configure_tokenizer(tokenizer, max_length: int):

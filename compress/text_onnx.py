@@ -28,6 +28,7 @@ from compress.latency import Target, TimingRules, latency_summary, time_interlea
 from compress.metrics import classification_metrics
 from compress.onnx_export import write_metadata
 from compress.onnxutil import load_onnx, make_session
+from compress.text_data import load_tokenizer  # the one tokenizer loader
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
@@ -108,19 +109,6 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, pad_to_max: bool 
     return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
-
-
-def load_tokenizer(path: str | Path):
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"tokenizer file not found: {path} (a tokenizer.json saved by the tokenizers library)")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a plain Exception for malformed files
-        raise CompressError(f"{path} is not a tokenizers tokenizer.json ({str(exc).splitlines()[0]}): save it with "
-                            "tokenizer.save(path)") from exc
 
 
 def take(samples: dict[str, np.ndarray], count: int | None = None, start: int = 0) -> dict[str, np.ndarray]:

@@ -17,7 +17,8 @@ from compress.errors import CompressError
 from compress.fsutil import sha256, staging_dir, write_json
 from compress.onnxutil import load_onnx, metadata
 from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, bundle_session, convert_to_ort
-from compress.text_onnx import copy_tokenizer, encode_texts, load_tokenizer, onnx_logits
+from compress.text_data import load_tokenizer
+from compress.text_onnx import copy_tokenizer, encode_texts, onnx_logits
 
 TASK = "text-classification"
 

@@ -10,6 +10,10 @@ operators from onnxruntime's profiler complete the picture. All timing loops and
 memory probe run in a fresh worker process per model that imports only numpy and onnxruntime
 (compress/worker.py), so every model starts from the same state as an app that ships onnxruntime.
 Results: a terminal table, Markdown, versioned JSON (``SCHEMA_VERSION``) and optional PNG plots.
+
+Text models (a text dataset): batch-1 latency at each of ``seq_lengths`` (the headline at ``headline_seq``),
+throughput, size, params, MACs, accuracy and macro P/R/F1 on the test split (``text_onnx.benchmark_text_model``),
+plus the TF-IDF + logistic-regression baseline trained on the same split.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from compress import text_run
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path, private_tempdir, write_json, write_text
@@ -92,8 +97,14 @@ class BenchmarkConfig:
     plot: bool = False  # write latency_distribution.png and pareto.png
     interleave: bool = True  # time several models' latency in alternating rounds in one process (fair ratios)
     rounds: int = 10  # interleaved rounds; min_runs and min_seconds are split over them
+    # Text models only:
+    seq_lengths: list[int] = field(default_factory=lambda: [32, 128, 256])  # batch-1 latency at each sequence length
+    headline_seq: int = 128  # the sequence length of the headline p50/p90/p99, MACs and throughput
 
     def __post_init__(self) -> None:
+        if self.headline_seq not in self.seq_lengths or min(self.seq_lengths) < 1:
+            raise ValueError(f"benchmark.headline_seq ({self.headline_seq}) must be one of benchmark.seq_lengths "
+                             f"({self.seq_lengths}), all >= 1")
         resolve_provider(self.provider)  # unknown or missing providers fail at config time
         parse_key_values(self.provider_options, "benchmark.provider_options item")
         self.dim_values()
@@ -142,6 +153,8 @@ def run(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset | None, out
     traces under profiles/ and, with ``cfg.plot``, the PNGs. Metrics are the results without raw samples."""
     from compress.sysinfo import environment
 
+    if data is not None and text_run.is_text(data):
+        return run_text(cfg, inputs, data, out_dir, command)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     phases = _phases(cfg, data)
@@ -723,3 +736,53 @@ def _pct(value) -> str:
 
 def _num(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+# ---- text models ---------------------------------------------------------------------------------------
+
+def run_text(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path,
+             command: str | None = None) -> StageResult:
+    """The text table: every model at batch 1 over ``cfg.seq_lengths``, plus the TF-IDF + LR baseline."""
+    from compress.sysinfo import environment
+    from compress.text_data import tfidf_baseline
+    from compress.text_onnx import benchmark_text_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if inputs:
+        data = text_run.with_tokenizer_of(data, next(iter(inputs.values())))
+    target, rules = target_of(cfg), TimingRules.of(cfg)
+    results = {}
+    for name, path in tqdm(inputs.items(), desc="benchmark", unit="model", disable=None):
+        names = [i.name for i in make_session(Path(path)).get_inputs()]
+        results[name] = {**benchmark_text_model(Path(path), text_run.samples(data.test, names), data.test.y,
+                                                tuple(cfg.seq_lengths), cfg.headline_seq, target, rules),
+                         "path": str(path), "provider": target.provider, "threads": cfg.threads}
+    baseline = tfidf_baseline(data)
+    outputs = {"benchmark_json": out_dir / "benchmark.json", "benchmark_md": out_dir / "benchmark.md"}
+    document = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command, "environment": environment(), "config": asdict(cfg),
+        "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "kind": "text"},
+        "results": results, "tfidf_baseline": baseline,
+    }
+    write_json(outputs["benchmark_json"], document)
+    write_text(outputs["benchmark_md"], text_benchmark_markdown(document))
+    return StageResult(outputs, {**results, "tfidf_baseline": baseline})
+
+
+def text_benchmark_markdown(document: dict) -> str:
+    results, cfg = document["results"], document["config"]
+    lengths = cfg["seq_lengths"]
+    rows = [[name, _pct(r["accuracy"]), _pct(r["f1_macro"]),
+             *(f"{r['latency_by_seq'][str(n)]['p50_ms']:.3f}" for n in lengths), f"{r['throughput_sps']:.0f}",
+             f"{r['size_bytes'] / 1024:.1f}", f"{r['params']:,}", f"{r['macs'] / 1e6:.2f}"]
+            for name, r in results.items()]
+    baseline = document["tfidf_baseline"]
+    rows.append(["TF-IDF + LR", _pct(baseline["accuracy"]), _pct(baseline["f1_macro"]), *("-" for _ in lengths),
+                 "-", "-", "-", "-"])
+    headers = ["model", "accuracy", "F1 macro", *(f"p50 ms @{n}" for n in lengths), "throughput/s", "size KB",
+               "params", f"MMACs @{cfg['headline_seq']}"]
+    return "\n".join([f"# Text benchmark ({document['dataset']['name']}, {document['dataset']['samples']} test samples)", "",
+                      f"Batch 1, {cfg['provider']}, {cfg['threads']} intra-op thread(s); throughput at batch 8 x "
+                      f"{cfg['headline_seq']} tokens.", "", markdown_table(headers, rows)])

@@ -1,17 +1,23 @@
 """Knowledge distillation (Hinton et al. 2015): train a smaller student on the teacher's softened
 outputs, offline (frozen teacher) or online (teacher and student learn together), optionally with
-a FitNets feature hint, starting from the teacher's most important channels where shapes allow."""
+a FitNets feature hint, starting from the teacher's most important channels where shapes allow.
+
+Text data: a DistilBERT-style student (``student_layers`` of the teacher's, initialised from every other
+teacher layer; optionally narrower) trained with Hinton KD plus optional TinyBERT hidden-state and
+attention losses (``compress.text_models``)."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress import text_run
 from compress.checkpoint import load_model, save_model
 from compress.data import Dataset
 from compress.distillation import MODES, distill, init_student, train_supervised
 from compress.manifest import StageResult
 from compress.metrics import model_stats
+from compress.text_models import text_train_config
 from compress.train import TrainConfig, evaluate, seed_everything
 from compress.zoo import ModelSpec, build_model, check_fits_data
 
@@ -30,6 +36,13 @@ class DistillConfig:
     hint_weight: float = 1.0  # weight of the hint's MSE term
     baseline: bool = False  # also train the same student without distillation, to show what KD bought
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
+    # Text data only (student, mode, init_from_teacher, hint and train above are for images):
+    student_layers: int = 0  # transformer layers of the student; 0 = half the teacher's
+    student_hidden: int = 0  # hidden size of the student; 0 = the teacher's (narrower keeps its most used dimensions)
+    student_init: str = "teacher"  # teacher: embeddings and evenly spaced teacher layers copied; random: from scratch
+    hidden_weight: float = 0.0  # TinyBERT hidden-state MSE (through a learned projection); 0 = off
+    attention_weight: float = 0.0  # TinyBERT attention-map MSE; 0 = off
+    text_train: TrainConfig = field(default_factory=lambda: text_train_config(epochs=4, lr=1e-3))  # the student's training
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -39,12 +52,21 @@ class DistillConfig:
                 raise ValueError(f"distill.{name} must be within [0, 1], got {getattr(self, name)}")
         if self.mode not in MODES:
             raise ValueError(f"distill.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.student_layers < 0 or self.student_hidden < 0:
+            raise ValueError(f"distill.student_layers and student_hidden must be >= 0 (0 = the default), got "
+                             f"{self.student_layers} and {self.student_hidden}")
+        if self.student_init not in ("teacher", "random"):
+            raise ValueError(f"distill.student_init must be 'teacher' or 'random', got {self.student_init!r}")
+        if self.hidden_weight < 0 or self.attention_weight < 0:
+            raise ValueError("distill.hidden_weight and attention_weight must be >= 0")
         if self.hint and self.hint.count(":") != 1:
             raise ValueError(f"distill.hint must look like 'teacher_module:student_module', got {self.hint!r}")
 
 
 def run(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path) -> StageResult:
     """Distill a student from ``inputs['teacher']`` into ``out_dir/student.safetensors``."""
+    if text_run.is_text(data):
+        return run_text(cfg, inputs, data, out_dir)
     teacher_path = inputs["teacher"]
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_model(teacher_path)
@@ -70,11 +92,49 @@ def run(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir: Pat
         baseline = build_model(cfg.student, data.input_shape, data.num_classes)
         baseline.load_state_dict(initial_state)
         base_result = train_supervised(baseline, data, cfg.train, "baseline")
-        save_model(baseline, out_dir / "student_baseline.safetensors")
-        outputs["student_baseline"] = out_dir / "student_baseline.safetensors"
-        metrics["student_baseline"] = {"val_accuracy": base_result.best_val_accuracy,
-                                       "test_accuracy": evaluate(baseline, data.test),
-                                       "best_epoch": base_result.best_epoch, "train_s": round(base_result.wall_s, 2)}
+        outputs["student_baseline"] = _save_baseline(baseline, out_dir)
+        metrics["student_baseline"] = _baseline_record(baseline, base_result, data)
     return StageResult(outputs, metrics)
 
 
+
+
+def run_text(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path) -> StageResult:
+    """A DistilBERT-style student of the text teacher ``inputs['teacher']``, and with ``baseline`` the same
+    student trained on the labels alone."""
+    from compress.text_models import check_inputs, distill_text, make_student
+
+    teacher_path = inputs["teacher"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = text_run.with_tokenizer_of(data, teacher_path)
+    teacher = load_model(teacher_path)
+    check_inputs(teacher, data)
+    seed_everything(cfg.text_train.seed)
+    student, init_note = make_student(teacher, cfg.student_layers or None, cfg.student_hidden or None, cfg.student_init)
+    initial_state = copy.deepcopy(student.state_dict())
+    result = distill_text(student, teacher, data, cfg.text_train, cfg.temperature, cfg.alpha, cfg.hidden_weight,
+                          cfg.attention_weight)
+    save_model(student, out_dir / "student.safetensors")
+    outputs = {"student": out_dir / "student.safetensors", "tokenizer": text_run.write_tokenizer(data, out_dir)}
+    metrics: dict = {"init": init_note, "mode": "offline", "temperature": cfg.temperature, "alpha": cfg.alpha,
+                     "hidden_weight": cfg.hidden_weight, "attention_weight": cfg.attention_weight,
+                     "student": {"val_accuracy": result.best_val_accuracy, "test_accuracy": evaluate(student, data.test),
+                                 "best_epoch": result.best_epoch, "train_s": round(result.wall_s, 2),
+                                 "history": result.history, **model_stats(student, data.input_shape)}}
+    if cfg.baseline:
+        baseline = copy.deepcopy(student)
+        baseline.load_state_dict(initial_state)
+        base_result = distill_text(baseline, None, data, cfg.text_train, desc="baseline")
+        outputs["student_baseline"] = _save_baseline(baseline, out_dir)
+        metrics["student_baseline"] = _baseline_record(baseline, base_result, data)
+    return StageResult(outputs, metrics)
+
+
+def _save_baseline(baseline, out_dir: Path) -> Path:
+    save_model(baseline, out_dir / "student_baseline.safetensors")
+    return out_dir / "student_baseline.safetensors"
+
+
+def _baseline_record(baseline, result, data: Dataset) -> dict:
+    return {"val_accuracy": result.best_val_accuracy, "test_accuracy": evaluate(baseline, data.test),
+            "best_epoch": result.best_epoch, "train_s": round(result.wall_s, 2)}

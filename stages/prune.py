@@ -4,7 +4,11 @@ fine-tune from the teacher; or, as an option, zero single weights (unstructured 
 
 Every pruning step is verified before it is taken: the pruned copy must map a real batch to finite
 logits, export to ONNX and match PyTorch there. A step that fails is refused, with the layer whose
-removal broke the model named, and the model is left as it was."""
+removal broke the model named, and the model is left as it was.
+
+Text data: the student's lowest-importance attention heads (Michel et al. 2019) and FFN neurons are removed
+(``compress.text_pruning``), the pruned model is verified (forward, export with fused attention, parity),
+then fine-tuned by distillation from the teacher and verified again."""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +24,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from compress import text_run
 from compress.checkpoint import load_model, save_model
 from compress.data import Dataset, batches
 from compress.distillation import distill, distillation_loss
@@ -46,7 +51,8 @@ from compress.pruning import (
     removed_channel_fraction,
     weight_sparsity,
 )
-from compress.report import prune_markdown
+from compress.report import prune_markdown, text_prune_markdown
+from compress.text_models import text_train_config
 from compress.train import TrainConfig, evaluate, seed_everything
 
 TARGETS = ("channels", "macs", "params", "latency", "sparsity")
@@ -88,8 +94,21 @@ class PruneConfig:
     # accurate, and a heavier soft term holds the pruned model to its outputs (docs/pruning.md, benchmark).
     alpha: float = 0.5  # soft-target weight of the fine-tune (1 - alpha weighs the hard labels)
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))  # per round
+    # Text data only (target, amount, importance, rounds, finetune above are for images):
+    head_amount: float = 0.5  # share of all attention heads removed (at least one kept per layer, so counts differ)
+    ffn_amount: float = 0.5  # share of every layer's FFN neurons removed (kept count a multiple of round_to)
+    importance_samples: int = 256  # train samples the gradient head/neuron importance is summed over
+    text_finetune: TrainConfig = field(default_factory=lambda: text_train_config(epochs=2, lr=5e-4))  # KD fine-tune after pruning
+    text_alpha: float = 0.9  # soft-target weight of the text fine-tune (the teacher is the larger BERT)
 
     def __post_init__(self) -> None:
+        if not (0.0 <= self.head_amount < 1.0 and 0.0 <= self.ffn_amount < 1.0):
+            raise ValueError(f"prune.head_amount and prune.ffn_amount must be in [0, 1), got {self.head_amount} and "
+                             f"{self.ffn_amount}")
+        if not 0.0 <= self.text_alpha <= 1.0:
+            raise ValueError(f"prune.text_alpha must be within [0, 1], got {self.text_alpha}")
+        if self.importance_samples < 1:
+            raise ValueError(f"prune.importance_samples must be >= 1, got {self.importance_samples}")
         if self.target not in TARGETS:
             raise ValueError(f"prune.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if not 0.0 < self.amount < 1.0:
@@ -115,6 +134,8 @@ class PruneConfig:
 
 def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path) -> StageResult:
     """Prune ``inputs['student']`` and fine-tune it from ``inputs['teacher']`` into ``out_dir/pruned.safetensors``."""
+    if text_run.is_text(data):
+        return run_text(cfg, inputs, data, out_dir)
     model_path, teacher_path = inputs["student"], inputs["teacher"]
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.finetune.seed)
@@ -578,3 +599,63 @@ def prune_unstructured(model: nn.Module, teacher: nn.Module, data: Dataset, cfg:
 
 def _gzip_size(path: Path) -> int:
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+
+
+# ---- text: attention heads and FFN neurons ------------------------------------------------------------
+
+def run_text(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path) -> StageResult:
+    """Remove heads and FFN neurons of the text student ``inputs['student']``, verify, fine-tune by KD from
+    ``inputs['teacher']``, verify again, into ``out_dir/pruned.safetensors``."""
+    from compress.text_models import check_inputs, distill_text
+    from compress.text_pruning import prune_heads, summary
+
+    model_path, teacher_path = inputs["student"], inputs["teacher"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = text_run.with_tokenizer_of(data, model_path)
+    model, teacher = load_model(model_path), load_model(teacher_path)
+    check_inputs(model, data)
+    seed_everything(cfg.text_finetune.seed)
+    with private_tempdir("prune") as tmp:
+        work = Path(tmp)
+        before = {**_stats(model, data.input_shape), "val_accuracy": evaluate(model, data.val),
+                  "parity": _verify_text(model, data, cfg, work / "before.onnx", "the unpruned student")}
+        started = time.perf_counter()
+        result = prune_heads(model, cfg.head_amount, data, ffn_amount=cfg.ffn_amount, teacher=teacher,
+                             samples=cfg.importance_samples, round_to=cfg.round_to)
+        after_prune = {**_stats(model, data.input_shape), "val_accuracy": evaluate(model, data.val),
+                       "prune_s": round(time.perf_counter() - started, 2),
+                       "parity": _verify_text(model, data, cfg, work / "pruned.onnx", "the pruned student")}
+        finetune = distill_text(model, teacher, data, cfg.text_finetune, cfg.temperature, cfg.text_alpha,
+                                desc="prune fine-tune")
+        final_parity = _verify_text(model, data, cfg, work / "final.onnx", "the fine-tuned pruned student")
+    metrics = {
+        "method": "heads+ffn", "importance": "gradient (Michel et al. 2019), KD loss", **summary(result),
+        "head_amount": cfg.head_amount, "ffn_amount": cfg.ffn_amount, "before": before, "after_prune": after_prune,
+        "after_finetune": {"val_accuracy": finetune.best_val_accuracy, "test_accuracy": evaluate(model, data.test),
+                           "best_epoch": finetune.best_epoch, "train_s": round(finetune.wall_s, 2),
+                           "history": finetune.history, "parity": final_parity},
+        "macs_reduction": 1 - after_prune["macs"] / before["macs"],
+        "params_reduction": 1 - after_prune["params"] / before["params"],
+    }
+    save_model(model, out_dir / "pruned.safetensors")
+    write_json(out_dir / "prune.json", metrics)
+    write_text(out_dir / "prune.md", text_prune_markdown(metrics, "# Pruning report (attention heads and FFN neurons)"))
+    return StageResult({"pruned": out_dir / "pruned.safetensors", "report": out_dir / "prune.md",
+                        "metrics": out_dir / "prune.json", "tokenizer": text_run.write_tokenizer(data, out_dir)},
+                       metrics)
+
+
+def _verify_text(model: nn.Module, data: Dataset, cfg: PruneConfig, path: Path, what: str) -> dict:
+    """Forward on real samples, export with the transformer optimizer (attention must fuse in every layer,
+    per-layer head counts included) and parity against PyTorch; an error names ``what`` failed."""
+    from compress.text_onnx import TextExportConfig, export_text_model
+
+    samples = text_run.export_inputs(model, data, cfg.verify_samples)
+    check_runs(model, data)
+    try:
+        report = export_text_model(model, path, samples, TextExportConfig(parity_samples=cfg.verify_samples),
+                                   data.class_names, data.train.x.shape[-1])
+    except CompressError as exc:
+        raise CompressError(f"{what} failed verification: {exc}") from exc
+    return {"optimized_parity": report["optimized_parity"], "fused_operators": report["fusion"]["fused_operators"],
+            "heads_per_layer": report["fusion"].get("heads_per_layer")}

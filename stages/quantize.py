@@ -7,7 +7,12 @@ and activations at run time (Linear/attention-heavy models); ``fp16`` converts t
 (GPU providers). Accuracy-aware (on by default): when int8 loses more than ``max_accuracy_drop``
 points on the validation split, other calibration methods are tried, then the most sensitive nodes
 (ranked by the error of the model with only that node quantized) are kept in fp32 one at a time.
-A per-layer report (scale, zero point, SQNR, share of the drop) is written beside the model."""
+A per-layer report (scale, zero point, SQNR, share of the drop) is written beside the model.
+
+Text models (``compress.text_onnx``): the candidates are dynamic int8 (the default for BERT on CPU), static
+U8S8 QDQ calibrated on real tokenized samples, and int4 weight-only; auto measures them all (validation
+accuracy, batch-1 p50 interleaved with fp32) and keeps the fastest within ``max_accuracy_drop``, falling back
+to the next candidate, then to fp32, when one loses too much."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +30,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from tqdm import tqdm
 
 from compress import quant_analysis as qa
+from compress import text_run
 from compress.data import Dataset
 from compress.errors import CompressError
 from compress.fsutil import atomic_path, private_tempdir, working_directory
@@ -77,8 +83,19 @@ class QuantizeConfig:
     report_samples: int = 64  # validation samples whose activations the layer report compares
     sensitivity_samples: int = 256  # validation samples each single-node model is scored on (ranking, report)
     seed: int = 0  # which training samples calibrate
+    # Text models only: auto measures these (dynamic/static modes build dynamic_int8/static_u8s8_qdq alone).
+    text_candidates: list[str] = field(default_factory=lambda: ["dynamic_int8", "static_u8s8_qdq", "int4_weight_only"])
+    int4_block_size: int = 32  # int4_weight_only: weights share one scale per block of this many rows (power of 2, >= 16)
 
     def __post_init__(self) -> None:
+        from compress.text_onnx import CANDIDATES as TEXT_CANDIDATES
+
+        for name in self.text_candidates:
+            if name not in TEXT_CANDIDATES:
+                raise ValueError(f"quantize.text_candidates: {name!r} is not a text candidate; choose from "
+                                 f"{', '.join(TEXT_CANDIDATES)}")
+        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
+            raise ValueError(f"quantize.int4_block_size must be a power of 2 >= 16, got {self.int4_block_size}")
         for name, choices in (("mode", MODES), ("method", METHODS), ("format", FORMATS),
                               ("activation_type", TYPES), ("weight_type", TYPES)):
             if getattr(self, name) not in choices:
@@ -177,6 +194,8 @@ class CalibrationReader(CalibrationDataReader):
 
 def run(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
     """Quantize ``inputs['model']`` into ``out_dir/<name>.onnx`` (with its per-layer report)."""
+    if text_run.is_text(data):
+        return run_text(cfg, inputs, data, out_dir, name)
     model_path = inputs["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.onnx"
@@ -675,3 +694,65 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous)
+
+
+# ---- text models ---------------------------------------------------------------------------------------
+
+def run_text(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
+    """Build the text candidates of ``inputs['model']``, measure them, and write the chosen one to
+    ``out_dir/<name>.onnx`` (fp32 when none is faster within the accuracy budget)."""
+    import shutil
+
+    from compress.text_onnx import TextQuantizeConfig, build_text_candidates, choose_text_candidate, onnx_logits
+
+    model_path = Path(inputs["model"]).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(prop.key == "quantization" for prop in load_onnx(model_path).metadata_props):
+        raise CompressError(f"{model_path} is already quantized by compress quantize: quantize the fp32 model it was made "
+                            "from instead")
+    data = text_run.with_tokenizer_of(data, model_path)
+    names = [i.name for i in make_session(model_path).get_inputs()]
+    candidates = {"auto": cfg.text_candidates, "dynamic": ["dynamic_int8"], "static": ["static_u8s8_qdq"]}.get(cfg.mode)
+    if candidates is None:
+        raise CompressError(f"quantize.mode {cfg.mode!r} is not available for text models: use auto, dynamic or static")
+    text_cfg = TextQuantizeConfig(candidates=candidates, per_channel=cfg.per_channel,
+                                  calibration_samples=cfg.calibration_samples, int4_block_size=cfg.int4_block_size)
+    rng = np.random.default_rng(cfg.seed)
+    calibration = text_run.samples(_rows(data.train, rng.permutation(len(data.train))[:cfg.calibration_samples]), names)
+    target = Target(provider=resolve_provider(cfg.provider), intra_op=max(cfg.threads, 1))
+    output = out_dir / f"{name}.onnx"
+    with private_tempdir("quantize") as tmp:
+        built = build_text_candidates(model_path, calibration, Path(tmp), text_cfg)
+        choice = choose_text_candidate(model_path, built, text_run.samples(data.val, names), data.val.y,
+                                       cfg.max_accuracy_drop if cfg.accuracy_aware else float("inf"), target,
+                                       seq_length=128, measure_seconds=cfg.measure_seconds)
+        chosen = built.get(choice["chosen"], model_path)
+        sizes = {n: path.stat().st_size for n, path in built.items()}
+        with atomic_path(output) as out:
+            shutil.copyfile(chosen, out)
+    test = text_run.samples(data.test, names)
+    fp32_logits = onnx_logits(make_session(model_path), test)
+    chosen_logits = onnx_logits(make_session(output), test)
+    fp32_metrics = classification_metrics(fp32_logits, data.test.y)
+    chosen_metrics = classification_metrics(chosen_logits, data.test.y)
+    metrics = {"mode": cfg.mode, "decision": choice["decision"], "decision_reason": choice["reason"],
+               "candidate": choice["chosen"], "candidates": choice["candidates"], "candidate_bytes": sizes,
+               "format": {"dynamic_int8": "QOperator (dynamic)", "static_u8s8_qdq": "qdq",
+                          "int4_weight_only": "MatMulNBits"}.get(choice["chosen"], "fp32"),
+               "types": {"dynamic_int8": "int8 weights, uint8 activations at run time",
+                         "static_u8s8_qdq": "uint8 activations, int8 weights",
+                         "int4_weight_only": "int4 weights"}.get(choice["chosen"], "float32"),
+               "method": "minmax" if choice["chosen"] == "static_u8s8_qdq" else "none",
+               "calibration_samples": len(data.train.x[:cfg.calibration_samples]) if choice["chosen"] == "static_u8s8_qdq" else 0,
+               "max_accuracy_drop": cfg.max_accuracy_drop, "fp32_accuracy": fp32_metrics["accuracy"],
+               "int8_accuracy": chosen_metrics["accuracy"],
+               "accuracy_drop": fp32_metrics["accuracy"] - chosen_metrics["accuracy"],
+               "top1_agreement": float((fp32_logits.argmax(1) == chosen_logits.argmax(1)).mean()),
+               "provider": target.provider, "threads": target.intra_op}
+    return StageResult({name: output, "tokenizer": text_run.write_tokenizer(data, out_dir)}, metrics)
+
+
+def _rows(split, index: np.ndarray):
+    from compress.data import Split
+
+    return Split(split.x[index], split.y[index])

@@ -1,0 +1,96 @@
+"""Run the text default (`compress pipeline --set data.source=bbc-news`) and record its numbers and the
+issue-15 targets: teacher within 2 points of TF-IDF + LR, int8 >= teacher - 1 point, int8 p50 at seq 128
+<= teacher p50 / 4, int8 file <= teacher / 6, attention fused in every export.
+
+    nice -n 15 python benchmarks/text_default.py                      # one run, seed 0
+    nice -n 15 python benchmarks/text_default.py --seeds 0 1 2 --baseline
+
+The split (and so the packaged teacher) stays fixed; the seeds change the student's and the fine-tune's
+shuffling and the calibration samples. Writes benchmarks/results/text_default.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from compress.config import load_config  # noqa: E402
+from compress.fsutil import write_json, write_text  # noqa: E402
+from compress.pipeline import run_pipeline  # noqa: E402
+from compress.report import markdown_table  # noqa: E402
+
+ARTIFACTS = ("teacher", "student_baseline", "student", "pruned", "int8")
+LABELS = {"teacher": "teacher (BERT 4x256)", "student_baseline": "student without distillation",
+          "student": "distilled student", "pruned": "pruned student (heads + FFN)", "int8": "int8 pruned student"}
+
+
+def targets(manifest: dict) -> dict:
+    r, tfidf = manifest["results"], manifest["baselines"]["tfidf_lr"]["accuracy"]
+    teacher, int8 = r["teacher"], r["int8"]
+    return {"teacher_within_2_points_of_tfidf": teacher["accuracy"] >= tfidf - 0.02,
+            "int8_within_1_point_of_teacher": int8["accuracy"] >= teacher["accuracy"] - 0.01,
+            "int8_p50_at_most_teacher_over_4": int8["p50_ms"] <= teacher["p50_ms"] / 4,
+            "int8_file_at_most_teacher_over_6": int8["size_bytes"] <= teacher["size_bytes"] / 6,
+            "attention_fused_everywhere": all(f["attention_fused"] for f in manifest["fusion"].values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--baseline", action="store_true", help="also train the student without distillation")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "text_default")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    args = parser.parse_args()
+
+    runs = []
+    for seed in args.seeds:
+        overrides = ["data.source=bbc-news", f"distill.text_train.seed={seed}", f"prune.text_finetune.seed={seed}",
+                     f"quantize.seed={seed}", *(["distill.baseline=true"] if args.baseline else []), *args.overrides]
+        started = time.perf_counter()
+        manifest = run_pipeline(load_config(None, overrides), args.work / f"seed{seed}", force=True)
+        runs.append({"seed": seed, "wall_s": round(time.perf_counter() - started, 1), "results": manifest["results"],
+                     "tfidf_lr": manifest["baselines"]["tfidf_lr"], "fusion": manifest["fusion"],
+                     "quantize": manifest["stages"]["quantize"]["metrics"]["decision"], "ship": manifest["ship"]["artifact"],
+                     "targets": targets(manifest),
+                     "stage_wall_s": {name: round(s["wall_s"], 1) for name, s in manifest["stages"].items()}})
+
+    def stat(values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    summary = {name: {key: stat([r["results"][name][key] for r in runs])
+                      for key in ("accuracy", "f1_macro", "p50_ms", "size_bytes")}
+               for name in ARTIFACTS if all(name in r["results"] for r in runs)}
+    summary["tfidf_lr"] = {key: stat([r["tfidf_lr"][key] for r in runs]) for key in ("accuracy", "f1_macro")}
+    command = "python benchmarks/text_default.py " + shlex.join(sys.argv[1:])
+    write_json(args.out.with_suffix(".json"), {"command": command, "seeds": args.seeds, "runs": runs, "summary": summary})
+
+    def pm(entry, scale=100.0, digits=2):
+        return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
+
+    rows = [["TF-IDF + logistic regression", pm(summary["tfidf_lr"]["accuracy"]), pm(summary["tfidf_lr"]["f1_macro"]),
+             "-", "-"]]
+    rows += [[LABELS[name], pm(s["accuracy"]), pm(s["f1_macro"]), pm(s["p50_ms"], 1.0, 3),
+              f"{s['size_bytes']['mean'] / 1e6:.2f} MB"] for name, s in summary.items() if name in LABELS]
+    checks = [[run["seed"], run["wall_s"], run["quantize"], *("yes" if ok else "**no**" for ok in run["targets"].values())]
+              for run in runs]
+    text = "\n".join([
+        "# Text default: bbc-news, packaged BERT 4x256 teacher", "", f"Command: `{command}`", "",
+        f"Seeds {args.seeds}; accuracy and macro F1 in % on the test split (mean ± std), p50 in ms at batch 1, "
+        "seq 128, one intra-op thread.", "",
+        markdown_table(["model", "accuracy %", "macro F1 %", "p50 ms @128", "size"], rows),
+        "## Targets (issue 15)", "",
+        markdown_table(["seed", "wall s", "quantize decision", *runs[0]["targets"]], checks)])
+    write_text(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
