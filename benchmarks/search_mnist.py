@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +51,11 @@ def main() -> int:
               "message": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "",
               "candidates": len(state.get("candidates", {})), "environment": environment()}
     args.results.mkdir(parents=True, exist_ok=True)
+    kept = args.results / "search_mnist"  # the search's own report and plot, committed beside these results
+    kept.mkdir(exist_ok=True)
+    for name in ("search.md", "search.json", "pareto.png"):
+        if (args.out / name).is_file():
+            shutil.copyfile(args.out / name, kept / name)
     (args.results / "search_mnist.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     lines = ["# compress search on mnist: half the default int8 p50", "", "```", shown, "```", "",
              f"Budget: p50 <= {budget:.4f} ms (half the default int8's {reference['p50_ms']:.4f} ms).", ""]
@@ -61,7 +67,7 @@ def main() -> int:
                   f"{winner['size_bytes'] / 1024:.1f} |", "",
                   f"Budget met: {'yes' if result['met'] else 'no'}; wall time {wall / 60:.1f} min "
                   f"({'within' if result['within_time_limit'] else 'over'} the 30-minute limit); "
-                  f"{result['candidates']} candidates; every one in [{args.out}/search.md]({args.out}/search.md)."]
+                  f"{result['candidates']} candidates; every one, with the Pareto plot, in [search_mnist/search.md](search_mnist/search.md)."]
     else:
         lines += [f"No winner (exit code {completed.returncode}): {result['message']}"]
     (args.results / "search_mnist.md").write_text("\n".join(lines) + "\n")
