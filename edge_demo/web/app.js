@@ -86,7 +86,8 @@ async function loadBundle() {
   return [description, contents];
 }
 
-async function openSession() {
+// The bundle's model (?model=onnx|ort) in an onnxruntime-web session; returns the model file's name.
+async function createSession() {
   const name = info.models[MODEL_FORMAT];
   if (!name || !(name in files)) {
     throw new BundleError(`model.json names no ${MODEL_FORMAT} model: use ?model=onnx or ?model=ort`);
@@ -100,6 +101,11 @@ async function openSession() {
   } catch (err) {
     throw new BundleError(`onnxruntime-web cannot load ${name}: ${String(err.message || err).split("\n")[0]}`);
   }
+  return name;
+}
+
+async function openSession() {
+  const name = await createSession();
   inputName = session.inputNames[0];
   outputName = session.outputNames[0];
   const declared = [info.input.channels, info.input.height, info.input.width];
@@ -431,19 +437,7 @@ function describe(modelName) {
 let tokenizer;
 
 async function openTextSession() {
-  const name = info.models[MODEL_FORMAT];
-  if (!name || !(name in files)) {
-    throw new BundleError(`model.json names no ${MODEL_FORMAT} model: use ?model=onnx or ?model=ort`);
-  }
-  const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
-  if (MODEL_FORMAT === "ort" && info.ort_format && info.ort_format.replay_saved_optimizations) {
-    options.extra = { session: { enable_saved_runtime_optimizations: "1" } };
-  }
-  try {
-    session = await ort.InferenceSession.create(files[name], options);
-  } catch (err) {
-    throw new BundleError(`onnxruntime-web cannot load ${name}: ${String(err.message || err).split("\n")[0]}`);
-  }
+  const name = await createSession();
   const declared = info.input.names || [];
   if (session.inputNames.join(",") !== declared.join(",")) {
     throw new BundleError(`${name} takes inputs [${session.inputNames.join(", ")}] but model.json declares ` +
