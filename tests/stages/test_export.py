@@ -10,7 +10,7 @@ from torch import nn
 from compress.checkpoint import load_model
 from compress.errors import CompressError
 from compress.fsutil import sha256
-from compress.onnx_export import ExportConfig, export_model
+from compress.onnx_export import ExportConfig, check_parity, export_model
 from compress.onnxutil import make_session, metadata
 from compress.train import predict_logits
 from stages.export import run
@@ -81,11 +81,24 @@ def test_failing_parity_raises_and_leaves_no_file(tmp_path, digits):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_tolerance_is_enforced(tmp_path, digits, mlp_teacher_path):
-    """atol=0 turns the usual float rounding differences (about 1e-6) into a failure."""
-    with pytest.raises(CompressError, match=r"allowed 0\)"):
-        export_model(load_model(mlp_teacher_path), tmp_path / "m.onnx", digits, ExportConfig(atol=0.0), {})
-    assert not (tmp_path / "m.onnx").exists()
+def test_tolerance_is_relative_to_the_logit_scale(tmp_path, digits, mlp_teacher_path):
+    """The same ONNX file against PyTorch weights perturbed by 1e-4 of the logit scale passes at rtol 1e-3, and
+    fails at rtol 1e-6 with the relative difference in the message; scaling every logit by 1000 does not change
+    the verdict (an absolute tolerance would)."""
+    model = load_model(mlp_teacher_path)
+    path = tmp_path / "m.onnx"
+    export_model(model, path, digits, ExportConfig(), {})
+    with torch.no_grad():
+        model.classifier.bias += 1e-4 * float(model(torch.from_numpy(digits.test.x[:64])).abs().max())
+    assert check_parity(model, path, digits, ExportConfig(rtol=1e-3))["relative_diff"] > 0
+    with pytest.raises(CompressError, match=r"of the largest \|logit\| .* \(allowed 1e-06 in float32\)"):
+        check_parity(model, path, digits, ExportConfig(rtol=1e-6))
+    scaled_path = tmp_path / "scaled.onnx"
+    with torch.no_grad():
+        model.classifier.weight *= 1000
+        model.classifier.bias *= 1000
+    parity = export_model(model, scaled_path, digits, ExportConfig(), {})
+    assert parity["max_abs_logit"] > 100 and parity["relative_diff"] <= 1e-3
 
 
 def test_opset_is_written(tmp_path, digits, mlp_teacher_path):
