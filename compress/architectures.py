@@ -353,12 +353,12 @@ class RegNetXBlock(nn.Module):
 
 
 class RegNetX(nn.Module):
-    """RegNetX-400MF: widths (32, 64, 160, 384), depths (1, 2, 7, 12), group width 16, bottleneck 1."""
+    """RegNetX-400MF: widths (32, 64, 160, 400), depths (1, 2, 7, 12), group width 16, bottleneck 1."""
 
     def __init__(self, in_channels, num_classes, width=1.0, depth=None, image_size=224):
         super().__init__()
         group = max(2, 2 * int(round(8 * width)))  # the group width shrinks with the channels
-        widths = [max(group, int(round(w * width / group)) * group) for w in (32, 64, 160, 384)]
+        widths = [max(group, int(round(w * width / group)) * group) for w in (32, 64, 160, 400)]
         stem = max(8, int(round(32 * width)))
         self.stem = conv_bn(in_channels, stem, 3, 2, activation=nn.ReLU)
         stages, previous = [], stem

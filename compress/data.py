@@ -30,6 +30,10 @@ class DataConfig:
     image_size: int | None = None  # resize folder images to this square size (needed when sizes are mixed)
     image_mode: str = ""  # folder images: "" keeps their one kind (mixed grayscale and colour is refused), "L" or "RGB" converts all
     normalize: bool = True  # subtract the train-split mean and divide by its std, per channel
+    # given statistics instead of the train split's, per channel of pixel values in [0, 1]; ImageNet's are
+    # mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (what models pretrained on it expect)
+    mean: list[float] = field(default_factory=list)  # empty: measured on the train split
+    std: list[float] = field(default_factory=list)  # empty: measured on the train split
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -38,6 +42,11 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be between 0 and 0.5, got {value}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
+        if bool(self.mean) != bool(self.std) or len(self.mean) != len(self.std):
+            raise ValueError(f"data.mean and data.std must be given together, one value per channel; got "
+                             f"{len(self.mean)} and {len(self.std)} values")
+        if any(not value > 0 for value in self.std):
+            raise ValueError(f"data.std values must be > 0, got {self.std}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"data.image_mode must be one of {', '.join(map(repr, IMAGE_MODES))}, got {self.image_mode!r}")
 
@@ -92,8 +101,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     std: list[float] = []
     if cfg.normalize:
         axes = (0, 2, 3) if x.ndim == 4 else (0,)
-        mean_arr = x[train_idx].mean(axis=axes)
-        std_arr = np.maximum(x[train_idx].std(axis=axes), 1e-6)
+        if cfg.mean:
+            if x.ndim != 4 or len(cfg.mean) != x.shape[1]:
+                raise CompressError(f"data.mean has {len(cfg.mean)} value(s) but {name} has "
+                                    f"{x.shape[1] if x.ndim == 4 else 'no'} channels: give one mean and std per channel")
+            mean_arr, std_arr = np.array(cfg.mean, np.float32), np.array(cfg.std, np.float32)
+        else:
+            mean_arr = x[train_idx].mean(axis=axes)
+            std_arr = np.maximum(x[train_idx].std(axis=axes), 1e-6)
         if x.ndim == 4:
             x = (x - mean_arr[None, :, None, None]) / std_arr[None, :, None, None]
             mean, std = mean_arr.tolist(), std_arr.tolist()
