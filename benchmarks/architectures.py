@@ -107,6 +107,8 @@ def one_family(arch: str, args, data, data_path: Path, work: Path) -> dict:
     save_model(model, checkpoint)
 
     def stage(name: str, function):
+        if name not in args.stages:
+            return
         started = time.perf_counter()
         try:
             row["stages"][name] = {"ok": True, **(function() or {})}
@@ -165,7 +167,7 @@ def markdown(document: dict) -> str:
     for row in document["results"]:
         stages, auto = row["stages"], row["stages"].get("quantize_auto", {})
         ratio = stages.get("benchmark", {}).get("int8_fp32_ratio")
-        cells = ["pass" if stages.get(name, {}).get("ok") else "**FAIL**" for name in STAGE_NAMES]
+        cells = ["-" if name not in stages else "pass" if stages[name]["ok"] else "**FAIL**" for name in STAGE_NAMES]
         lines.append(f"| {row['family']} | {row['params']:,} | {row['macs'] / 1e6:.1f} | " + " | ".join(cells) +
                      f" | {'-' if ratio is None else f'{ratio:.2f}'} | {auto.get('seconds', 0):.1f} | "
                      f"{auto.get('peak_rss_mb', 0):.0f} |")
@@ -185,6 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small widths (0.25, one block per stage), fewer runs")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--stages", nargs="*", default=list(STAGE_NAMES), choices=list(STAGE_NAMES),
+                        help="stages to run (benchmark needs quantize_auto)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--samples", type=int, default=1200, help="synthetic images (80%% train, 10%% val, 10%% test)")
     parser.add_argument("--out", type=Path, default=None)
