@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shlex
@@ -101,7 +102,9 @@ def one_family(arch: str, args, data, data_path: Path, work: Path) -> dict:
     row = {"family": arch, "stages": {}}
     folder = work / arch
     folder.mkdir()
-    model = calibrated_model(arch, args.width, args.depth, data)
+    # DenseNet-121 with one layer per block is mostly its protected 7x7 stem: keep its published depth
+    depth = None if args.quick and arch == "densenet121" else args.depth
+    model = calibrated_model(arch, args.width, depth, data)
     row.update(model_stats(model, data.input_shape))
     checkpoint = folder / "model.safetensors"
     save_model(model, checkpoint)
@@ -156,7 +159,8 @@ def _checked(result: dict) -> dict:
 def markdown(document: dict) -> str:
     quick = document["quick"]
     lines = [f"# Architectures through every stage{' (QUICK smoke run: small widths, not the real-width table)' if quick else ''}\n",
-             f"Command: `{document['command']}`  \n{document['created']}, {document['machine']}, torch "
+             f"Command: `{document['command']}`  \n{document['created']}, {document['machine']} (a shared machine: "
+             "times are pessimistic), torch "
              f"{document['torch']}. Width {document['width']}, depth {document['depth'] or 'published'}, "
              f"{document['image_size']}x{document['image_size']} RGB, random weights (BatchNorm statistics from real "
              "batches), synthetic .npz data: accuracy is meaningless here; structure, speed and memory are not. "
@@ -210,14 +214,17 @@ def main() -> None:
         work = Path(tmp)
         data_path = synthetic_npz(work / "rgb.npz", args.image_size, args.samples)
         data = load_dataset(DataConfig(source=str(data_path)))
-        results = [one_family(arch, args, data, data_path, work) for arch in args.families]
-    document = {"quick": args.quick, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-                "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-                "torch": torch.__version__, "width": args.width, "depth": args.depth, "image_size": args.image_size,
-                "samples": args.samples, "results": results}
-    write_json(out.with_suffix(".json"), document)
-    write_text(out.with_suffix(".md"), markdown(document))
+        results = []
+        for arch in args.families:  # written after every family: a long run that is stopped keeps what it measured
+            results.append(one_family(arch, args, data, data_path, work))
+            document = {"quick": args.quick, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+                                   f"threads, load average {os.getloadavg()[0]:.1f}",
+                        "torch": torch.__version__, "width": args.width, "depth": args.depth,
+                        "image_size": args.image_size, "samples": args.samples, "results": results}
+            write_json(out.with_suffix(".json"), document)
+            write_text(out.with_suffix(".md"), markdown(document))
     print(f"wrote {out.with_suffix('.md')}")
 
 

@@ -78,6 +78,8 @@ class QuantizeConfig:
     sensitivity_samples: int = 256  # validation samples each single-node model is scored on (ranking, report)
     # Each single-node model is one quantizer run and one session: on a 5M-parameter ViT (~100 such nodes)
     # analysing all of them took minutes, while the largest nodes hold nearly all of the error.
+    report_sensitivity: bool = False  # layer report: also the single-node (*alone*) columns, one quantizer run per node
+    # (they come for free when the accuracy-aware search has ranked the nodes)
     sensitivity_nodes: int = 8  # single-node analysis (fallback ranking, report) covers the largest N nodes by weights
     calibration_chunk: int = 64  # calibration samples whose activations are held at once (bounds peak memory)
     seed: int = 0  # which training samples calibrate
@@ -491,11 +493,13 @@ class QuantizationJob:
                             f"({node.op_type}) was left in float{why}; export the model in float32, or use "
                             "quantize.mode=fp16")
 
-    def sensitivity(self, variant: Variant, method: str | None) -> list[dict]:
+    def sensitivity(self, variant: Variant, method: str | None, compute: bool = True) -> list[dict]:
         """Each low-precision node ranked by the error of the model with only that node converted (made once
-        per numerics and method)."""
+        per numerics and method; without ``compute``, only what was made already)."""
         numerics = variant.numerics()
         key = (numerics.kind, numerics.activation_type, numerics.weight_type, method)
+        if key not in self._sensitivity and not compute:
+            return []
         if key not in self._sensitivity:
             nodes = self.analysed_nodes(numerics, method)
             progress = tqdm(nodes, desc="quantize: per-node sensitivity", unit="node", leave=False, disable=None)
@@ -563,7 +567,9 @@ class QuantizationJob:
     def layer_report(self, chosen: dict, output: Path) -> dict:
         variant, method = chosen["variant"], chosen["method"]
         numerics = variant.numerics()
-        sensitivity = self.sensitivity(variant, method)
+        # The single-node models cost a quantizer run each: the report shows them when the accuracy-aware search
+        # ranked nodes anyway, or on request; its per-tensor columns come from one streamed pass.
+        sensitivity = self.sensitivity(variant, method, compute=self.cfg.report_sensitivity)
         analysed = [node.name for node in self.analysed_nodes(numerics, method, largest_only=False)]
         model_path = chosen["path"] if numerics == variant else self.build(numerics, method, list(chosen["fp32_nodes"]))
         samples = self.data.val.x[:self.cfg.report_samples]
@@ -578,15 +584,18 @@ class QuantizationJob:
                  f"{100 * chosen['val_accuracy']:.2f}% ({chosen['val_drop_points']:+.2f} points lost; budget "
                  f"{self.cfg.max_accuracy_drop:g}). {len(chosen['fp32_nodes'])} node(s) kept in fp32. Single-node "
                  f"(*alone*) columns: first {min(self.cfg.sensitivity_samples, len(self.data.val.y))} validation "
-                 f"samples; SQNR columns: first {len(samples)}. Single-node analysis covers the {len(analysed)} largest "
-                 f"low-precision node(s) by weight size (quantize.sensitivity_nodes={self.cfg.sensitivity_nodes})."]
+                 f"samples; SQNR columns: first {len(samples)}. "
+                 + (f"Single-node analysis covers the {len(sensitivity)} largest low-precision node(s) by weight "
+                    f"size (quantize.sensitivity_nodes={self.cfg.sensitivity_nodes})." if sensitivity else
+                    "Single-node columns: not computed (the accuracy-aware search did not need them; set "
+                    "quantize.report_sensitivity=true for them).")]
         if variant.format == "qoperator":
             notes.append("The QOperator model's numbers were analysed on its QDQ twin (same types and ranges).")
         if variant.kind == "dynamic":
             notes.append("Dynamic quantization computes activation scales per batch at run time: only weights have "
                          "stored scales.")
         qa.write_layer_report(rows, markdown, plot, f"Per-layer quantization error: {output.name}", notes)
-        worst = sorted(rows, key=lambda row: -(row["share_of_drop"] or 0))[:5]
+        worst = sorted(rows, key=lambda row: (-(row["share_of_drop"] or 0), row["output_sqnr_db"] or 0.0))[:5]
         return {"markdown": markdown.name, "plot": plot.name, "nodes": len(rows),
                 "most_sensitive": [{"node": r["node"], "share_of_drop": r["share_of_drop"],
                                     "alone_val_drop_points": r["alone_val_drop_points"],

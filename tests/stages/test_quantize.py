@@ -237,7 +237,8 @@ def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensit
 
 
 def test_layer_report_rows_cover_the_quantized_layers(cnn_onnx_path, digits, tmp_path):
-    result = run(QuantizeConfig(mode="static", calibration_samples=64), {"model": cnn_onnx_path}, digits, tmp_path)
+    result = run(QuantizeConfig(mode="static", calibration_samples=64, report_sensitivity=True), {"model": cnn_onnx_path},
+                 digits, tmp_path)
     lines = [line for line in result.outputs["int8_layers"].read_text().splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     for column in ("input tensor", "scale", "zero point", "output SQNR dB", "share of drop"):
