@@ -53,12 +53,11 @@ def rgb32(tmp_path_factory):
     return load_dataset(DataConfig(source=str(path)))
 
 
-def _small(arch: str, data) -> nn.Module:
+def _small(arch: str, data, depth: int | None = SMALL["depth"]) -> nn.Module:
     """A small random model whose BatchNorm statistics come from real batches, so its activations and
     predictions are spread out like a trained model's (random statistics give near-constant logits)."""
     torch.manual_seed(0)
-    model = build_model(ModelSpec(arch, SMALL["width"], DEPTH.get(arch, SMALL["depth"])), data.input_shape,
-                        data.num_classes)
+    model = build_model(ModelSpec(arch, SMALL["width"], depth), data.input_shape, data.num_classes)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.momentum = None
@@ -271,7 +270,7 @@ def test_family_exports_quantizes_and_benchmarks(arch, rgb32, tmp_path):
 @pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("amount", [0.3, 0.5])
 def test_family_prunes_its_macs(arch, amount, rgb32, tmp_path):
-    save_model(_small(arch, rgb32), tmp_path / "m.safetensors")
+    save_model(_small(arch, rgb32, DEPTH.get(arch, SMALL["depth"])), tmp_path / "m.safetensors")
     # round_to=1: at width 0.25 many layers have 8 channels, which the default round_to=8 cannot cut
     cfg = prune.PruneConfig(amount=amount, round_to=1, finetune=TrainConfig(epochs=1), latency_runs=5,
                             latency_seconds=0.0, verify_samples=16)
