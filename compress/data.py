@@ -54,16 +54,17 @@ class DataConfig:
             raise ValueError(f"data.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"data.image_size must be a positive number of pixels, got {self.image_size}")
+        if bool(self.mean) != bool(self.std) or len(self.mean) != len(self.std):
+            raise ValueError(f"data.mean and data.std must be given together, one value per channel; got "
+                             f"{len(self.mean)} and {len(self.std)} values")
+        if any(not value > 0 for value in self.std):
+            raise ValueError(f"data.std values must be > 0, got {self.std}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"data.image_mode must be one of {', '.join(map(repr, IMAGE_MODES))}, got {self.image_mode!r}")
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"data.crop_size must be a positive number of pixels, got {self.crop_size}")
         if self.crop_size is not None and self.image_size is not None and self.crop_size > self.image_size:
             raise ValueError(f"data.crop_size ({self.crop_size}) must not exceed data.image_size ({self.image_size})")
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"data.mean and data.std need one value per channel each, got {len(self.mean)} and {len(self.std)}")
-        if any(not v > 0 for v in self.std):
-            raise ValueError(f"data.std values must be positive, got {self.std}")
         if self.stats_samples < 0:
             raise ValueError(f"data.stats_samples must be >= 0 (0: all train images), got {self.stats_samples}")
         lazy = {True: "true", False: "false"}.get(self.lazy, str(self.lazy).lower()) if isinstance(self.lazy, bool) else str(self.lazy).lower()

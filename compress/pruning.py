@@ -171,13 +171,15 @@ class _Plan:
 
 def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, importance: str,
                global_pruning: bool = False, round_to: int | None = 1,
-               protected: tuple[str, ...] = ()) -> tuple[nn.Module, list[GroupRecord]]:
+               protected: tuple[str, ...] = (), unsafe: dict[str, str] | None = None) -> tuple[nn.Module, list[GroupRecord]]:
     """A pruned copy of ``model``: ``ratio`` of the channels of every unprotected coupled group removed
     (uniform), or the lowest-ranked ``ratio`` of all channels at once (``global_pruning``); attention
     modules lose that share of whole heads instead. Channel counts stay multiples of ``round_to`` where
     the layer is large enough, and no group loses all its channels. The ranking uses Torch-Pruning's
     dependency graph and importance; the allocation is done here so that more ``ratio`` never prunes
-    less. For ``taylor`` the model's parameters must hold gradients. Returns the copy and what was removed."""
+    less. For ``taylor`` the model's parameters must hold gradients. A group that would leave a layer without
+    channels, or that Torch-Pruning fails on, raises UnsafeGroup before it is applied, or (when ``unsafe`` is
+    a dict) is skipped and recorded there (root layer -> why). Returns the copy and what was removed."""
     candidate = _copy_with_gradients(model)
     modules = dict(candidate.named_modules())
     unknown = [name for name in protected if name not in modules]
@@ -188,7 +190,7 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
                for sub in layer.modules()}
     names = {module: name for name, module in modules.items()}
     heads = attention_heads(candidate)
-    graph = tp.DependencyGraph().build_dependency(candidate, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+    graph = dependency_graph(candidate, input_shape)
     scorer = IMPORTANCES[importance]()
     plans = []
     for group in graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES):
@@ -225,11 +227,13 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
             plan.keep = plan.kept_units(target)
     records = []
     for plan in plans:
-        removed_units = torch.argsort(plan.scores)[:len(plan.units) - plan.keep].tolist()
-        if not removed_units:
+        order = torch.argsort(plan.scores).tolist()
+        count, group, emptied = _safe_cut(graph, plan, order, len(plan.units) - plan.keep, names)
+        if count == 0:
+            if emptied and unsafe is not None:
+                unsafe[names[plan.root]] = f"any cut of it would leave {emptied!r} without channels"
             continue
-        indices = sorted(i for unit in removed_units for i in plan.units[unit])
-        group = graph.get_pruning_group(plan.root, plan.handler, indices)
+        indices = sorted(i for unit in order[:count] for i in plan.units[unit])
         records.append(GroupRecord(
             layer=names[plan.root], outputs=graph.is_out_channel_pruning_fn(plan.handler), indices=tuple(indices),
             members=tuple(dict.fromkeys(names[item.dep.target.module] for item in group
@@ -237,10 +241,106 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
         try:
             group.prune()
         except Exception as exc:  # Torch-Pruning itself failed on this group: name it
-            raise CompressError(f"pruning layer {records[-1].layer!r} failed inside Torch-Pruning "
-                                f"({type(exc).__name__}: {exc}); protect it with prune.protected") from exc
+            error = UnsafeGroup(records.pop().layer, f"Torch-Pruning failed on it ({type(exc).__name__}: "
+                                f"{_first_line(exc)})")
+            if unsafe is None:
+                raise error from exc
+            unsafe[error.layer] = error.why
     candidate.zero_grad(set_to_none=True)
     return candidate, records
+
+
+class UnsafeGroup(CompressError):
+    """Pruning the coupled group rooted at ``layer`` would break the model (``why``), so it was not applied."""
+
+    def __init__(self, layer: str, why: str):
+        super().__init__(f"pruning layer {layer!r} refused: {why}; add {layer!r} to prune.protected")
+        self.layer, self.why = layer, why
+
+
+def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+    except Exception as exc:  # Torch-Pruning traces the forward pass and may fail on any op it cannot follow
+        raise CompressError(f"Torch-Pruning cannot trace {type(model).__name__} to find its coupled layers "
+                            f"({type(exc).__name__}: {_first_line(exc)}); this model cannot be pruned structurally, "
+                            "use prune.target=sparsity") from exc
+
+
+def _safe_cut(graph, plan: _Plan, order: list[int], count: int, names: dict):
+    """The most of the ``count`` lowest-ranked units of ``plan`` that can go without leaving a coupled layer
+    with no channels (a concatenation's half, a slice), found by bisection: (units, group, emptied layer
+    or None). Channels coupled across layers of different widths can map a 95% cut of one onto all of another."""
+    def group_of(units: int):
+        indices = sorted(i for unit in order[:units] for i in plan.units[unit])
+        return graph.get_pruning_group(plan.root, plan.handler, indices)
+
+    if count == 0:
+        return 0, None, None
+    group = group_of(count)
+    emptied = _emptied_member(graph, group, names)
+    if emptied is None:
+        return count, group, None
+    low, high = 0, count  # low is safe, high is not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _emptied_member(graph, group_of(middle), names) is None:
+            low = middle
+        else:
+            high = middle
+    return low, (group_of(low) if low else None), emptied
+
+
+def _emptied_member(graph, group, names: dict) -> str | None:
+    """The first layer the group would leave with no channels (inputs or outputs), if any."""
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        pruner = graph.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        if pruner is None:
+            continue
+        if graph.is_out_channel_pruning_fn(handler):
+            size = pruner.get_out_channels(module)
+        elif graph.is_in_channel_pruning_fn(handler):
+            size = pruner.get_in_channels(module)
+        else:
+            continue
+        if size is not None and len(set(item.idxs)) >= size:
+            return names.get(module) or type(module).__name__
+    return None
+
+
+def find_unsafe_layers(model: nn.Module, input_shape: tuple[int, ...], protected: list[str],
+                       check: Callable[[nn.Module], None], most: int = 32) -> dict[str, str]:
+    """Layers to protect, beyond ``protected``, so that pruning as far as allowed (MAX_LAYER_RATIO of every
+    group) neither empties a layer, nor fails inside Torch-Pruning, nor breaks ``check`` (which raises on a
+    broken model, e.g. a reshape with channel counts written into the code): layer -> why. Found by trial on
+    copies, one layer at a time, before any pruning is applied to the model."""
+    found: dict[str, str] = {}
+    for _ in range(most):
+        unsafe: dict[str, str] = {}
+        candidate, records = prune_copy(model, input_shape, MAX_LAYER_RATIO, "l1",
+                                        protected=tuple(protected) + tuple(found), unsafe=unsafe)
+        if unsafe:  # protect them all, then try again: protecting a layer changes the groups around it
+            found.update(unsafe)
+            continue
+        try:
+            check(candidate)
+            return found
+        except Exception as exc:  # any error of a broken forward pass
+            broken = find_breaking_group(model, input_shape, records, check)
+            if broken is None or broken[0].layer in found:
+                raise CompressError(f"pruning breaks the model ({_first_line(exc)}), and no single layer's pruning "
+                                    "does alone: protect layers with prune.protected") from exc
+            found[broken[0].layer] = (f"pruning it breaks the forward pass ({_first_line(broken[1])}): the model "
+                                      "likely reshapes with sizes written into its code")
+    raise CompressError(f"more than {most} rounds of protecting layers to prune this model safely "
+                        f"({', '.join(list(found)[:5])}, ...): protect them with prune.protected, or use "
+                        "prune.target=sparsity")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _global_targets(plans: list[_Plan], ratio: float) -> list[float]:
@@ -293,7 +393,7 @@ def replay(model: nn.Module, input_shape: tuple[int, ...], records: list[GroupRe
     """Apply ``records`` to a copy of ``model`` one group at a time, calling ``after_each`` after every group."""
     candidate = copy.deepcopy(model)
     modules = dict(candidate.named_modules())
-    graph = tp.DependencyGraph().build_dependency(candidate, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+    graph = dependency_graph(candidate, input_shape)
     for record in records:
         module = modules[record.layer]
         pruner = graph.get_pruner_of_module(module)

@@ -204,18 +204,22 @@ def protect_fp32_nodes(model: onnx.ModelProto, names: list[str]) -> list[str]:
     """Keep excluded nodes really fp32. onnxruntime's WeightBiasQuantization (graph optimization level
     basic and above) quantizes the float weights of a Conv/ConvTranspose/Gemm fed by DequantizeLinear when
     the session loads, which silently undoes nodes_to_exclude; a one-input Max (an exact identity that no
-    optimizer removes) between the DequantizeLinear and the node stops it. Returns the nodes guarded."""
+    optimizer removes) between the DequantizeLinear and the node stops it. Nodes reading the same tensor
+    share one guard (one producer per tensor name: the graph stays in SSA form, as multi-branch models
+    like RepVGG, whose 3x3 and 1x1 convs read one activation, need). Returns the nodes guarded."""
     producers = {out: node for node in model.graph.node for out in node.output}
     wanted = set(names)
-    nodes, guarded = [], []
+    nodes, guarded, guards = [], [], {}
     for node in model.graph.node:
         source = producers.get(node.input[0]) if node.input else None
         if (node.name in wanted and node.op_type in WEIGHT_QUANTIZED_AT_LOAD and source is not None
                 and source.op_type == "DequantizeLinear"):
-            barrier = onnx.helper.make_node("Max", [node.input[0]], [f"{node.input[0]}_fp32_guard"],
-                                            name=f"{node.name}_fp32_guard")
-            nodes.append(barrier)
-            node.input[0] = barrier.output[0]
+            tensor = node.input[0]
+            if tensor not in guards:
+                guard = onnx.helper.make_node("Max", [tensor], [f"{tensor}_fp32_guard"], name=f"{node.name}_fp32_guard")
+                nodes.append(guard)
+                guards[tensor] = guard.output[0]
+            node.input[0] = guards[tensor]
             guarded.append(node.name)
         nodes.append(node)
     del model.graph.node[:]
@@ -276,7 +280,10 @@ def node_sensitivity(nodes: list[onnx.NodeProto], build_only: Callable[[str], Pa
     fp32_accuracy = float((fp32_logits.argmax(1) == labels).mean())
     rows = []
     for node in nodes:
-        logits = logits_of(build_only(node.name))
+        try:
+            logits = logits_of(build_only(node.name))
+        except CompressError:  # onnxruntime cannot build or load the model with this node alone quantized
+            continue
         noise = float(np.mean((logits.astype(np.float64) - fp32_logits) ** 2))
         accuracy = float((logits.argmax(1) == labels).mean())
         rows.append({"node": node.name, "op_type": node.op_type, "alone_output_sqnr_db": sqnr_db(fp32_logits, logits),
@@ -287,39 +294,79 @@ def node_sensitivity(nodes: list[onnx.NodeProto], build_only: Callable[[str], Pa
     return rows
 
 
-def tensor_errors(fp32_path: Path, quantized_path: Path, reader_factory: Callable[[], object], tmp_dir: Path,
-                  params: dict[str, dict]) -> dict:
+def largest_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], count: int) -> list[str]:
+    """Names of the ``count`` nodes with the most weight elements (their initializer inputs), graph order kept."""
+    sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    ranked = sorted(nodes, key=lambda node: -sum(sizes.get(name, 0) for name in node.input))
+    return [node.name for node in ranked[:count]]
+
+
+def tensor_errors(fp32_path: Path, quantized_path: Path, samples: np.ndarray, input_name: str, tmp_dir: Path,
+                  params: dict[str, dict], batch_size: int = 8) -> dict:
     """Per float tensor of the fp32 model: ``sqnr_db``, the quantized model's value (after the tensor's own
     quantize/dequantize when it has one) against fp32, errors of earlier layers included; and for quantized
     activations ``rounding_sqnr_db``, the fp32 values against their own rounding with the tensor's scale and
-    zero point: the error that tensor adds by itself."""
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+    zero point: the error that tensor adds by itself. One augmented session per model (every intermediate
+    tensor an output) runs ``batch_size`` samples at a time; only sums of squares are kept between batches,
+    so memory does not grow with the sample count."""
+    from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+    from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 
-    activations = {}
+    from compress.onnxutil import make_session
+
+    sessions = {}
     for label, path in (("fp32", fp32_path), ("quantized", quantized_path)):
         augmented = tmp_dir / f"augmented_{label}.onnx"
         modify_model_output_intermediate_tensors(str(path), str(augmented))
-        activations[label] = collect_activations(str(augmented), reader_factory())
-    matched = create_activation_matching(activations["quantized"], activations["fp32"])
+        sessions[label] = make_session(augmented, "cpu", 0)
+    saved = "_ReshapedSavedOutput"  # the suffix onnxruntime's debugger gives each saved tensor
+    names = {label: [o.name for o in session.get_outputs()] for label, session in sessions.items()}
+    quantized = {name.removesuffix(saved) for name in names["quantized"] if name.endswith(saved)}
+    # onnxruntime's activation matching: the value after a tensor's own quantize/dequantize pair
+    post_qdq = {}
+    for name in quantized:
+        for suffix in (QUANT_INPUT_SUFFIX, DEQUANT_OUTPUT_SUFFIX, DEQUANT_OUTPUT_SUFFIX + "_1"):
+            if name.endswith(suffix):
+                pre = name[:-len(suffix)]
+                if pre in quantized:
+                    post_qdq[pre] = pre if suffix == QUANT_INPUT_SUFFIX else name
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    rounding_noise: dict[str, float] = {}
+    shapes_match: dict[str, bool] = {}
+    for start in range(0, len(samples), batch_size):
+        feed = {input_name: np.ascontiguousarray(samples[start:start + batch_size], dtype=np.float32)}
+        values = {label: {name.removesuffix(saved): value for name, value in zip(names[label], session.run(None, feed))
+                          if name.endswith(saved)} for label, session in sessions.items()}
+        for name, reference in values["fp32"].items():
+            reference = reference.astype(np.float64)
+            signal[name] = signal.get(name, 0.0) + float(np.sum(reference ** 2))
+            counterpart = post_qdq.get(name, name if name in values["quantized"] else None)
+            if counterpart is not None:
+                other = values["quantized"][counterpart]
+                if other.shape == reference.shape and shapes_match.get(name, True):
+                    noise[name] = noise.get(name, 0.0) + float(np.sum((reference - other) ** 2))
+                else:
+                    shapes_match[name] = False
+            entry = params.get(name)
+            if entry and isinstance(entry["scale"], float) and entry["zero_point"] is not None:
+                rounded = fake_quantize(reference, entry["scale"], entry["zero_point"], entry["type"])
+                rounding_noise[name] = rounding_noise.get(name, 0.0) + float(np.sum((reference - rounded) ** 2))
     errors = {}
-    for name, float_values in activations["fp32"].items():
-        pair = matched.get(name)
-        if pair is not None and "float" in pair:
-            errors[name] = {"sqnr_db": sqnr_db(pair["float"], pair["post_qdq"])}
-        elif name in activations["quantized"]:
-            values = activations["quantized"][name]
-            if all(v.shape == f.shape for v, f in zip(values, float_values)):
-                errors[name] = {"sqnr_db": sqnr_db(float_values, values)}
-        entry = params.get(name)
-        if entry and isinstance(entry["scale"], float) and entry["zero_point"] is not None:
-            reference = np.concatenate([v.ravel() for v in float_values]).astype(np.float64)
-            errors.setdefault(name, {})["rounding_sqnr_db"] = sqnr_db(
-                reference, fake_quantize(reference, entry["scale"], entry["zero_point"], entry["type"]))
+    for name, total in signal.items():
+        if name in noise and shapes_match.get(name, True):
+            errors[name] = {"sqnr_db": _sqnr_from_sums(total, noise[name])}
+        if name in rounding_noise:
+            errors.setdefault(name, {})["rounding_sqnr_db"] = _sqnr_from_sums(total, rounding_noise[name])
     return errors
+
+
+def _sqnr_from_sums(signal: float, noise: float) -> float:
+    """onnxruntime's SQNR (20 log10 of the norm ratio, norms floored at float eps, capped at 200 dB here) from
+    summed squares."""
+    epsilon = float(np.finfo(float).eps)
+    ratio = max(math.sqrt(signal), epsilon) / max(math.sqrt(noise), epsilon)
+    return min(200.0, 20 * math.log10(ratio))
 
 
 def fake_quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:

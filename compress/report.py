@@ -243,6 +243,9 @@ def prune_markdown(prune: dict, heading: str = "## Pruning") -> str:
                                   "val acc after fine-tune"], _prune_round_rows(prune))]
     if prune.get("note"):
         parts.append(f"\n{prune['note']}.\n")
+    if prune.get("auto_protected"):
+        parts += ["\nProtected automatically (pruning them was tried on a copy first and would break the model):\n\n",
+                  *[f"- `{entry['layer']}`: {entry['reason']}\n" for entry in prune["auto_protected"]]]
     parts += ["\nChannels per layer (attention modules: heads):\n",
               markdown_table(["layer", "channels before", "channels after"], rows)]
     return "".join(parts)

@@ -18,6 +18,9 @@ from torch import nn
 from compress.errors import CompressError
 
 ARCHITECTURES = ("mlp", "resnet", "mobilenet", "resnext", "densenet", "senet", "vit")
+# Published families, re-implemented in compress.architectures (built by name; see docs/architectures.md)
+FAMILIES = ("resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "convnext", "regnet_x", "ghostnet",
+            "densenet121", "repvgg", "repvgg_deploy", "vit_tiny", "mobilevit")
 
 
 def scaled(channels: int, width: float) -> int:
@@ -365,12 +368,13 @@ class ModelSpec:
     arch: str = "resnet"
     width: float = 1.0
     # resnet: 6n+2 layers (default 14); mobilenet: blocks (default 8); resnext, senet: blocks per stage (default 1);
-    # densenet: layers per dense block (default 3); vit: transformer blocks (default 4); mlp: ignored
+    # densenet: layers per dense block (default 3); vit: transformer blocks (default 4); mlp: ignored;
+    # the published FAMILIES: at most this many blocks per stage (default: the published counts)
     depth: int | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.arch not in ARCHITECTURES + FAMILIES:
+            raise ValueError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES + FAMILIES)}")
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width}")
 
@@ -385,6 +389,10 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
 
 
 def _build(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if spec.arch in FAMILIES:
+        from compress.architectures import build_family  # it imports this module's Attention
+
+        return build_family(spec.arch, input_shape, num_classes, spec.width, spec.depth)
     in_channels = input_shape[0]
     if spec.arch == "mlp":
         in_features = 1

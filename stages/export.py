@@ -45,7 +45,7 @@ def run_text(cfg: ExportConfig, inputs: dict[str, Path], data: Dataset, out_dir:
     if inputs:
         data = text_run.with_tokenizer_of(data, next(iter(inputs.values())))
     tokenizer_path = text_run.write_tokenizer(data, out_dir)
-    text_cfg = TextExportConfig(opset=max(cfg.opset, 14), parity_samples=cfg.parity_samples, rtol=cfg.text_rtol,
+    text_cfg = TextExportConfig(opset=max(cfg.opset, 14), parity_samples=cfg.parity_samples, rtol=cfg.rtol if cfg.rtol is not None else 1e-3,
                                 min_agreement=cfg.min_agreement, optimize=cfg.optimize,
                                 require_fused_attention=cfg.require_fused_attention)
     outputs, metrics = {}, {}

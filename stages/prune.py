@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 from torch import nn
+from tqdm import tqdm
 
 from compress import text_run
 from compress.checkpoint import load_model, save_model
@@ -43,6 +44,7 @@ from compress.pruning import (
     channel_table,
     classifier_layer,
     find_breaking_group,
+    find_unsafe_layers,
     first_layer,
     magnitude_prune,
     make_permanent,
@@ -145,6 +147,13 @@ def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path)
         raise CompressError(f"{model_path} is TorchScript, which cannot be pruned: give a model saved by compress "
                             "(or a factory and state_dict)")
     protected = protected_layers(model, cfg)
+    auto_protected = {}
+    if cfg.target != "sparsity":
+        with one_thread():
+            auto_protected = find_unsafe_layers(model, data.input_shape, protected, lambda m: check_runs(m, data))
+        for layer, why in auto_protected.items():
+            tqdm.write(f"[prune] protecting {layer}: {why}")
+        protected = protected + list(auto_protected)
     with private_tempdir("prune") as tmp:
         work = Path(tmp)
         before_onnx = work / "before.onnx"
@@ -155,6 +164,7 @@ def run(cfg: PruneConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path)
             model, metrics = prune_unstructured(model, teacher, data, cfg, protected, before, work)
         else:
             model, metrics = prune_structured(model, teacher, data, cfg, protected, before, work)
+    metrics["auto_protected"] = [{"layer": layer, "reason": why} for layer, why in auto_protected.items()]
     save_model(model, out_dir / "pruned.safetensors")
     write_json(out_dir / "prune.json", metrics)
     write_text(out_dir / "prune.md", prune_markdown(metrics, "# Pruning report"))

@@ -82,6 +82,12 @@ class QuantizeConfig:
     layer_report: bool = True  # write <name>_layers.md and <name>_layers.png beside the model
     report_samples: int = 64  # validation samples whose activations the layer report compares
     sensitivity_samples: int = 256  # validation samples each single-node model is scored on (ranking, report)
+    # Each single-node model is one quantizer run and one session: on a 5M-parameter ViT (~100 such nodes)
+    # analysing all of them took minutes, while the largest nodes hold nearly all of the error.
+    report_sensitivity: bool = False  # layer report: also the single-node (*alone*) columns, one quantizer run per node
+    # (they come for free when the accuracy-aware search has ranked the nodes)
+    sensitivity_nodes: int = 8  # single-node analysis (fallback ranking, report) covers the largest N nodes by weights
+    calibration_chunk: int = 64  # calibration samples whose activations are held at once (bounds peak memory)
     seed: int = 0  # which training samples calibrate
     # Text models only: auto measures these (dynamic/static modes build dynamic_int8/static_u8s8_qdq alone).
     text_candidates: list[str] = field(default_factory=lambda: ["dynamic_int8", "static_u8s8_qdq", "int4_weight_only"])
@@ -112,7 +118,7 @@ class QuantizeConfig:
             if name not in METHODS:
                 raise ValueError(f"quantize.fallback_methods: {name!r} is not a method; choose from {', '.join(METHODS)}")
         for name, low in (("calibration_samples", 1), ("report_samples", 1), ("sensitivity_samples", 1), ("threads", 0),
-                          ("max_fp32_nodes", 0)):
+                          ("max_fp32_nodes", 0), ("sensitivity_nodes", 1), ("calibration_chunk", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"quantize.{name} must be >= {low}, got {getattr(self, name)}")
         if not 90.0 <= self.percentile <= 100.0:
@@ -179,17 +185,31 @@ class Variant:
 
 
 class CalibrationReader(CalibrationDataReader):
-    """Feeds real samples to onnxruntime's calibrator, ``batch_size`` at a time."""
+    """Feeds real samples to onnxruntime's calibrator, ``batch_size`` at a time. ``set_range`` (onnxruntime's
+    strided calibration) limits it to samples start..end, so the calibrator holds one chunk's activations."""
 
     def __init__(self, x: np.ndarray, input_name: str, batch_size: int = 1):
-        self._x, self._input_name, self._batch_size, self._position = x, input_name, batch_size, 0
+        self._x, self._input_name, self._batch_size = x, input_name, batch_size
+        self._position, self._end = 0, len(x)
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._position, self._end = start_index, min(end_index, len(self._x))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._position >= len(self._x):
+        if self._position >= self._end:
             return None
-        batch = self._x[self._position:self._position + self._batch_size]
-        self._position += self._batch_size
+        batch = self._x[self._position:min(self._position + self._batch_size, self._end)]
+        self._position += len(batch)
         return {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def calibration_stride(samples: int, chunk: int) -> int:
+    """The largest chunk of at most ``chunk`` samples that divides ``samples`` (onnxruntime's strided calibration
+    needs equal chunks)."""
+    return max(d for d in range(1, min(chunk, samples) + 1) if samples % d == 0)
 
 
 def run(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_dir: Path, name: str = "int8") -> StageResult:
@@ -235,7 +255,18 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
                                         cfg.symmetric_activations, stats["macs"], has_conv)
         for message in warnings:
             tqdm.write(f"[quantize] warning: {message}")
-        results = [work.fit_budget(variant) for variant in work.variants()]
+        results, skipped = [], []
+        for variant in work.variants():
+            try:
+                results.append(work.fit_budget(variant))
+            except CompressError as exc:
+                if cfg.mode != "auto" or len(work.variants()) == 1:
+                    raise
+                # a candidate onnxruntime builds into an invalid or unloadable graph is left out, with the reason
+                skipped.append({"candidate": variant.name, "reason": str(exc)})
+                tqdm.write(f"[quantize] warning: candidate {variant.name} skipped: {exc}")
+        if not results:
+            raise CompressError(f"no candidate format could be quantized: {skipped[0]['reason']}")
         chosen, decision, reason, timings = work.decide(results)
         report = work.layer_report(chosen, output) if cfg.layer_report else None
         _write_model(chosen["path"], model_path, output, chosen, decision)
@@ -252,6 +283,8 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
         "fp32_nodes": [{"node": node, "reason": why} for node, why in chosen["fp32_nodes"].items()],
         "left_float_by_onnxruntime": work.left_float.get(variant.name, []),
         "attempts": [_attempt_record(a) for result in results for a in result["attempts"]],
+        "skipped_candidates": skipped,
+        "skipped_attempts": [s for result in results for s in result["skipped"]],
         "candidates": timings,
         "provider": provider, "cpu": support, "warnings": warnings,
         "preprocessed": cfg.preprocess, "source_macs": stats["macs"],
@@ -273,6 +306,7 @@ class QuantizationJob:
         self.fp32_val_logits = self.logits(self.source)
         self.fp32_val_accuracy = _accuracy(self.fp32_val_logits, data.val.y)
         self._builds = 0
+        self._built: dict[tuple, Path] = {}
         self._sensitivity: dict[tuple, list[dict]] = {}
         self.left_float: dict[str, list[str]] = {}  # per variant: nodes onnxruntime's quantizer left in float
 
@@ -306,7 +340,12 @@ class QuantizationJob:
 
     # --- building and measuring ------------------------------------------------------------------
     def build(self, variant: Variant, method: str | None, exclude: list[str], only: list[str] | None = None) -> Path:
+        """The model quantized as asked, checked by onnx.checker (each distinct build made once); every build is
+        then loaded into an onnxruntime session by ``logits``, which also rejects graphs onnxruntime refuses."""
         cfg = self.cfg
+        key = (variant, method, tuple(sorted(exclude)), None if only is None else tuple(sorted(only)))
+        if key in self._built:
+            return self._built[key]
         self._builds += 1
         path = self.tmp / f"build_{self._builds}.onnx"
         try:
@@ -314,7 +353,8 @@ class QuantizationJob:
                 if variant.kind == "static":
                     from onnxruntime.quantization import quantize_static
 
-                    extra = {"ActivationSymmetric": cfg.symmetric_activations, "CalibTensorRangeSymmetric": False}
+                    extra = {"ActivationSymmetric": cfg.symmetric_activations, "CalibTensorRangeSymmetric": False,
+                             "CalibStridedMinMax": calibration_stride(len(self.calibration), cfg.calibration_chunk)}
                     if method == "percentile":
                         extra["CalibPercentile"] = cfg.percentile
                     quantize_static(
@@ -356,6 +396,7 @@ class QuantizationJob:
         except Exception as exc:
             raise _named_error(f"the {variant.name} model built from {self.model_path} is not valid ONNX", exc,
                                "keep that node in fp32 with quantize.nodes_to_exclude") from exc
+        self._built[key] = path
         return path
 
     def reader(self, x: np.ndarray) -> CalibrationReader:
@@ -389,9 +430,16 @@ class QuantizationJob:
         methods = [cfg.method] if variant.calibrated else [None]
         if variant.calibrated and cfg.accuracy_aware:
             methods += [m for m in cfg.fallback_methods if m not in methods]
-        attempts, best = [], None
+        attempts, best, skipped = [], None, []
         for method in methods:
-            attempt = self.evaluate(variant, method, fixed)
+            if attempts:  # the first build must work; a fallback that does not is skipped with its reason
+                try:
+                    attempt = self.evaluate(variant, method, fixed)
+                except CompressError as exc:
+                    skipped.append({"candidate": variant.name, "step": f"calibration {method}", "reason": str(exc)})
+                    continue
+            else:
+                attempt = self.evaluate(variant, method, fixed)
             attempt["step"] = f"calibration {method}" if method else variant.kind
             attempts.append(attempt)
             if len(attempts) == 1:
@@ -411,7 +459,12 @@ class QuantizationJob:
                     f"#{rank} most sensitive: quantized alone it gives logit SQNR {row['alone_output_sqnr_db']:.1f} dB, "
                     f"{100 * row['share_of_drop']:.0f}% of the single-node error, and costs "
                     f"{row['alone_val_drop_points']:+.2f} val points")
-                attempt = self.evaluate(variant, best["method"], kept)
+                try:
+                    attempt = self.evaluate(variant, best["method"], kept)
+                except CompressError as exc:
+                    skipped.append({"candidate": variant.name, "step": f"keep {row['node']} in fp32", "reason": str(exc)})
+                    del kept[row["node"]]
+                    continue
                 kept[row["node"]] += (f"; keeping it fp32 moved the val drop from {previous['val_drop_points']:.2f} "
                                       f"to {attempt['val_drop_points']:.2f} points")
                 attempt["fp32_nodes"] = dict(kept)
@@ -426,7 +479,7 @@ class QuantizationJob:
             tqdm.write(f"[quantize] warning: {variant.name} loses {best['val_drop_points']:.2f} val points, over the "
                        f"{cfg.max_accuracy_drop:g}-point budget" + (" even after the accuracy-aware search"
                                                                      if cfg.accuracy_aware else ""))
-        return {"variant": variant, "best": best, "attempts": attempts}
+        return {"variant": variant, "best": best, "attempts": attempts, "skipped": skipped}
 
     def wanted_ops(self) -> list[str]:
         """The op types to quantize; in dynamic mode Gemm means the MatMul it was rewritten as."""
@@ -466,11 +519,13 @@ class QuantizationJob:
                             f"({node.op_type}) was left in float{why}; export the model in float32, or use "
                             "quantize.mode=fp16")
 
-    def sensitivity(self, variant: Variant, method: str | None) -> list[dict]:
+    def sensitivity(self, variant: Variant, method: str | None, compute: bool = True) -> list[dict]:
         """Each low-precision node ranked by the error of the model with only that node converted (made once
-        per numerics and method)."""
+        per numerics and method; without ``compute``, only what was made already)."""
         numerics = variant.numerics()
         key = (numerics.kind, numerics.activation_type, numerics.weight_type, method)
+        if key not in self._sensitivity and not compute:
+            return []
         if key not in self._sensitivity:
             nodes = self.analysed_nodes(numerics, method)
             progress = tqdm(nodes, desc="quantize: per-node sensitivity", unit="node", leave=False, disable=None)
@@ -480,13 +535,18 @@ class QuantizationJob:
                 lambda path: self.logits(path, count), self.fp32_val_logits[:count], self.data.val.y[:count])
         return self._sensitivity[key]
 
-    def analysed_nodes(self, numerics: Variant, method: str | None) -> list[onnx.NodeProto]:
+    def analysed_nodes(self, numerics: Variant, method: str | None, largest_only: bool = True) -> list[onnx.NodeProto]:
+        """The nodes this numerics puts in low precision; with ``largest_only``, the ``sensitivity_nodes`` largest."""
         if numerics.kind == "fp16":
             names = set(qa.float16_nodes(self.source_model))
         else:
             full = onnx.load(str(self.build(numerics, method, list(self.cfg.nodes_to_exclude))))
             names = set(qa.changed_nodes(self.source_model, full, _qdq_ops()))
-        return [node for node in self.source_model.graph.node if node.name in names]
+        nodes = [node for node in self.source_model.graph.node if node.name in names]
+        if not largest_only:
+            return nodes
+        largest = set(qa.largest_nodes(self.source_model, nodes, self.cfg.sensitivity_nodes))
+        return [node for node in nodes if node.name in largest]
 
     # --- auto mode -------------------------------------------------------------------------------
     def decide(self, results: list[dict]) -> tuple[dict, str, str, list[dict]]:
@@ -533,13 +593,16 @@ class QuantizationJob:
     def layer_report(self, chosen: dict, output: Path) -> dict:
         variant, method = chosen["variant"], chosen["method"]
         numerics = variant.numerics()
-        sensitivity = self.sensitivity(variant, method)
-        analysed = [row["node"] for row in sensitivity]
+        # The single-node models cost a quantizer run each: the report shows them when the accuracy-aware search
+        # ranked nodes anyway, or on request; its per-tensor columns come from one streamed pass.
+        sensitivity = self.sensitivity(variant, method, compute=self.cfg.report_sensitivity)
+        analysed = [node.name for node in self.analysed_nodes(numerics, method, largest_only=False)]
         model_path = chosen["path"] if numerics == variant else self.build(numerics, method, list(chosen["fp32_nodes"]))
         samples = self.data.val.x[:self.cfg.report_samples]
         params = qa.quantization_params(onnx.load(str(model_path)))
         with _quiet():
-            errors = qa.tensor_errors(self.source, model_path, lambda: self.reader(samples), self.tmp, params)
+            errors = qa.tensor_errors(self.source, model_path, samples, self.input_name, self.tmp, params,
+                                      1 if self.fixed_batch else 8)
         rows = qa.layer_rows(self.source_model, analysed, sensitivity, errors, params, chosen["fp32_nodes"])
         markdown, plot = report_paths(output)
         notes = [f"Model `{self.model_path.name}` -> `{output.name}`: {variant.name} ({variant.types}), "
@@ -547,14 +610,18 @@ class QuantizationJob:
                  f"{100 * chosen['val_accuracy']:.2f}% ({chosen['val_drop_points']:+.2f} points lost; budget "
                  f"{self.cfg.max_accuracy_drop:g}). {len(chosen['fp32_nodes'])} node(s) kept in fp32. Single-node "
                  f"(*alone*) columns: first {min(self.cfg.sensitivity_samples, len(self.data.val.y))} validation "
-                 f"samples; SQNR columns: first {len(samples)}."]
+                 f"samples; SQNR columns: first {len(samples)}. "
+                 + (f"Single-node analysis covers the {len(sensitivity)} largest low-precision node(s) by weight "
+                    f"size (quantize.sensitivity_nodes={self.cfg.sensitivity_nodes})." if sensitivity else
+                    "Single-node columns: not computed (the accuracy-aware search did not need them; set "
+                    "quantize.report_sensitivity=true for them).")]
         if variant.format == "qoperator":
             notes.append("The QOperator model's numbers were analysed on its QDQ twin (same types and ranges).")
         if variant.kind == "dynamic":
             notes.append("Dynamic quantization computes activation scales per batch at run time: only weights have "
                          "stored scales.")
         qa.write_layer_report(rows, markdown, plot, f"Per-layer quantization error: {output.name}", notes)
-        worst = sorted(rows, key=lambda row: -(row["share_of_drop"] or 0))[:5]
+        worst = sorted(rows, key=lambda row: (-(row["share_of_drop"] or 0), row["output_sqnr_db"] or 0.0))[:5]
         return {"markdown": markdown.name, "plot": plot.name, "nodes": len(rows),
                 "most_sensitive": [{"node": r["node"], "share_of_drop": r["share_of_drop"],
                                     "alone_val_drop_points": r["alone_val_drop_points"],

@@ -166,7 +166,7 @@ def test_text_config_keys_are_checked():
 
     for key, value, message in [("prune.head_amount", "1.5", "head_amount"), ("distill.student_init", '"zero"', "student_init"),
                                 ("quantize.text_candidates", '["int2"]', "text candidate"),
-                                ("benchmark.headline_seq", "64", "headline_seq"), ("export.text_rtol", "0", "text_rtol")]:
+                                ("benchmark.headline_seq", "64", "headline_seq"), ("export.rtol", "-1", "export.rtol")]:
         with pytest.raises(CompressError, match=message):
             load_config(None, [f"{key}={value}"])
     cfg = load_config(None, [])

@@ -81,17 +81,24 @@ def test_failing_parity_raises_and_leaves_no_file(tmp_path, digits):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_tolerance_is_enforced(tmp_path, digits, mlp_teacher_path):
-    """A PyTorch model that differs from the exported file by a known 5e-4 passes atol 1e-3 and fails atol 1e-4."""
+def test_tolerance_is_relative_to_the_logit_scale(tmp_path, digits, mlp_teacher_path):
+    """The same ONNX file against PyTorch weights perturbed by 1e-4 of the logit scale passes at rtol 1e-3, and
+    fails at rtol 1e-6 with the relative difference in the message; scaling every logit by 1000 does not change
+    the verdict (an absolute tolerance would)."""
     model = load_model(mlp_teacher_path)
     path = tmp_path / "m.onnx"
     export_model(model, path, digits, ExportConfig(), {})
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        last.bias += 5e-4
-    assert check_parity(model, path, digits, ExportConfig(atol=1e-3))["max_abs_diff"] > 1e-4
-    with pytest.raises(CompressError, match=r"allowed 0.0001\)"):
-        check_parity(model, path, digits, ExportConfig(atol=1e-4))
+        model.classifier.bias += 1e-4 * float(model(torch.from_numpy(digits.test.x[:64])).abs().max())
+    assert check_parity(model, path, digits, ExportConfig(rtol=1e-3))["relative_diff"] > 0
+    with pytest.raises(CompressError, match=r"of the largest \|logit\| .* \(allowed 1e-06 in float32\)"):
+        check_parity(model, path, digits, ExportConfig(rtol=1e-6))
+    scaled_path = tmp_path / "scaled.onnx"
+    with torch.no_grad():
+        model.classifier.weight *= 1000
+        model.classifier.bias *= 1000
+    parity = export_model(model, scaled_path, digits, ExportConfig(), {})
+    assert parity["max_abs_logit"] > 100 and parity["relative_diff"] <= 1e-3
 
 
 def test_opset_is_written(tmp_path, digits, mlp_teacher_path):
