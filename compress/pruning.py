@@ -181,17 +181,29 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
     channels, or that Torch-Pruning fails on, raises UnsafeGroup before it is applied, or (when ``unsafe`` is
     a dict) is skipped and recorded there (root layer -> why). Returns the copy and what was removed."""
     candidate = _copy_with_gradients(model)
-    modules = dict(candidate.named_modules())
+    ignored = _ignored_modules(candidate, protected)
+    names = {module: name for name, module in candidate.named_modules()}
+    graph = dependency_graph(candidate, input_shape)
+    plans = _plans(candidate, graph, ignored, IMPORTANCES[importance](), round_to)
+    _allocate(plans, ratio, global_pruning)
+    records = _apply(graph, plans, names, unsafe)
+    candidate.zero_grad(set_to_none=True)
+    return candidate, records
+
+
+def _ignored_modules(model: nn.Module, protected: tuple[str, ...]) -> set[nn.Module]:
+    """The classifier and the protected layers, with everything inside them: never pruned."""
+    modules = dict(model.named_modules())
     unknown = [name for name in protected if name not in modules]
     if unknown:
         raise CompressError(f"protected layer {unknown[0]!r} is not in the model; layers include: "
                             f"{', '.join(n for n, m in modules.items() if isinstance(m, ROOT_TYPES))[:300]}")
-    ignored = {sub for layer in [classifier_layer(candidate)] + [modules[name] for name in protected]
-               for sub in layer.modules()}
-    names = {module: name for name, module in modules.items()}
-    heads = attention_heads(candidate)
-    graph = dependency_graph(candidate, input_shape)
-    scorer = IMPORTANCES[importance]()
+    return {sub for layer in [classifier_layer(model)] + [modules[name] for name in protected] for sub in layer.modules()}
+
+
+def _plans(model: nn.Module, graph: tp.DependencyGraph, ignored: set[nn.Module], scorer, round_to: int | None) -> list[_Plan]:
+    """One plan per prunable coupled group: its units (channels, or whole attention heads) and their scores."""
+    heads = attention_heads(model)
     plans = []
     for group in graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES):
         qkv = [item.dep.target.module for item in group
@@ -220,11 +232,23 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
         multiple = max(1, math.lcm(channel_groups, max(1, round_to or 1)) // channel_groups)
         plans.append(_Plan(group[0].dep.target.module, group[0].dep.handler, units,
                            scores.view(channel_groups, size).mean(0), multiple, False))
+    return plans
+
+
+def _allocate(plans: list[_Plan], ratio: float, global_pruning: bool) -> None:
+    """How many units each plan keeps: ``ratio`` removed per group, or the lowest-ranked overall (channels and
+    heads allocated separately, since their scores are not comparable)."""
     for kind in (False, True):
         chosen = [plan for plan in plans if plan.heads == kind]
         targets = _global_targets(chosen, ratio) if global_pruning else [len(p.units) * (1 - ratio) for p in chosen]
         for plan, target in zip(chosen, targets):
             plan.keep = plan.kept_units(target)
+
+
+def _apply(graph: tp.DependencyGraph, plans: list[_Plan], names: dict[nn.Module, str],
+           unsafe: dict[str, str] | None) -> list[GroupRecord]:
+    """Remove each plan's lowest-ranked units, never emptying a layer; unsafe groups are skipped into ``unsafe``
+    (or raise UnsafeGroup when it is None)."""
     records = []
     for plan in plans:
         order = torch.argsort(plan.scores).tolist()
@@ -246,8 +270,7 @@ def prune_copy(model: nn.Module, input_shape: tuple[int, ...], ratio: float, imp
             if unsafe is None:
                 raise error from exc
             unsafe[error.layer] = error.why
-    candidate.zero_grad(set_to_none=True)
-    return candidate, records
+    return records
 
 
 class UnsafeGroup(CompressError):

@@ -291,7 +291,7 @@ def test_imagenet_statistics_normalize_and_travel_with_the_model(tmp_path):
     assert data.preprocessing()["mean"] == pytest.approx(IMAGENET["mean"])
     with pytest.raises(ValueError, match="data.mean and data.std must be given together"):
         DataConfig(mean=[0.5])
-    with pytest.raises(CompressError, match="data.mean has 3 value"):
+    with pytest.raises(CompressError, match=r"data.mean and data.std have 3 value\(s\) but the images have 1 channel"):
         load_dataset(DataConfig(source="digits", **IMAGENET))
 
 
