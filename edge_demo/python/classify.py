@@ -56,8 +56,8 @@ class BundleError(Exception):
     """A problem with the bundle or the images: printed as one line, exit code 2."""
 
 
-class Bundle:
-    """A checked bundle: its model.json, an onnxruntime session and the preprocessing it declares."""
+class CheckedBundle:
+    """A bundle folder whose model.json and files are checked, with an onnxruntime session on its model."""
 
     def __init__(self, folder: Path, model_format: str = "ort", threads: int = 1):
         self.folder = Path(folder)
@@ -67,6 +67,13 @@ class Bundle:
         started = time.perf_counter()
         self.session = open_session(self.model_path, self.info, model_format, threads)
         self.load_ms = 1000 * (time.perf_counter() - started)
+
+
+class Bundle(CheckedBundle):
+    """A checked image bundle, with the preprocessing it declares."""
+
+    def __init__(self, folder: Path, model_format: str = "ort", threads: int = 1):
+        super().__init__(folder, model_format, threads)
         self.input_name = check_signature(self.session, self.info, self.model_path.name)
         shape = self.info["input"]
         self.channels, self.height, self.width = shape["channels"], shape["height"], shape["width"]
@@ -220,17 +227,11 @@ def check_signature(session: ort.InferenceSession, info: dict, model_name: str) 
     return inputs[0].name
 
 
-class TextBundle:
-    """A checked text bundle: model.json, an onnxruntime session and the bundle's own tokenizer.json."""
+class TextBundle(CheckedBundle):
+    """A checked text bundle, with the bundle's own tokenizer.json."""
 
     def __init__(self, folder: Path, model_format: str = "ort", threads: int = 1):
-        self.folder = Path(folder)
-        self.info = read_model_json(self.folder)
-        check_files(self.folder, self.info)
-        self.model_path = self.folder / self.info["models"][model_format]
-        started = time.perf_counter()
-        self.session = open_session(self.model_path, self.info, model_format, threads)
-        self.load_ms = 1000 * (time.perf_counter() - started)
+        super().__init__(folder, model_format, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         if self.input_names != self.info["input"].get("names"):
             raise BundleError(f"{self.model_path.name} takes inputs {self.input_names} but model.json declares "
