@@ -82,6 +82,25 @@ def default_run(tmp_path_factory):
     return run_dir, manifest
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium (Debian's chromium + chromedriver, selenium). Missing: a failure under CI, else a skip."""
+    import os
+
+    from tests.edge_web_helpers import load_web_module
+
+    headless = load_web_module("headless")
+    missing = headless.missing_tools()
+    if missing:
+        reason = "the browser test needs " + "; ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason + " (skipped because CI is not set)")
+    driver = headless.start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(scope="session")
 def quick_toml(tmp_path_factory):
     """The quick preset written as a config file, for `compress pipeline --config`."""

@@ -5,9 +5,7 @@ Needs Debian's chromium and chromium-driver, selenium, and `npm ci --prefix edge
 (env CI set) a missing piece fails the test; elsewhere it is skipped with the reason."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,32 +17,12 @@ from PIL import Image
 
 from compress.data import DataConfig, load_dataset
 from compress.ship import BundleConfig, preprocess_image, ship, to_unit_range
+from tests.edge_web_helpers import load_web_module
 
-WEB = Path(__file__).resolve().parents[1] / "edge_demo" / "web"
 pytestmark = pytest.mark.browser
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"edge_web_{name}", WEB / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve, headless = _load("serve"), _load("headless")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    missing = headless.missing_tools()
-    if missing:
-        reason = "the browser test needs " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason + " (skipped because CI is not set)")
-    driver = headless.start_chromium(tmp_path_factory.mktemp("chromium-profile"))
-    yield driver
-    driver.quit()
+serve, headless = load_web_module("serve"), load_web_module("headless")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ no transformers) and the browser page (onnxruntime-web + edge_demo/web/wordpiece
 predictions, and the JavaScript tokenizer gives the tokenizers library's ids on tricky strings."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -28,12 +27,12 @@ from compress.text_onnx import (
     onnx_logits,
 )
 from compress.text_ship import ship_text_bundle
+from tests.edge_web_helpers import load_web_module
 from tests.text_helpers import LABELS, corpus, tiny_bert, train, train_tokenizer
 
 MAX_LENGTH = 32
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "edge_demo" / "python" / "classify.py"
-WEB = ROOT / "edge_demo" / "web"
 TRICKY = [
     "Crème brûlée à la FRANÇAISE, naïve café",
     "Hello,world!!...(ok)? 'quoted' \"double\" a-b_c #tag @user",
@@ -156,25 +155,6 @@ def test_python_app_errors(shipped, tmp_path, args, message):
 
 
 # --- the browser page --------------------------------------------------------------------------------
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"edge_web_{name}", WEB / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    headless = _load("headless")
-    missing = headless.missing_tools()
-    if missing:
-        reason = "the browser test needs " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason + " (skipped because CI is not set)")
-    driver = headless.start_chromium(tmp_path_factory.mktemp("chromium-profile"))
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +168,7 @@ def site(shipped):
     info = json.loads((bad / "model.json").read_text())
     info["files"]["tokenizer.json"]["sha256"] = sha256(bad / "tokenizer.json")
     (bad / "model.json").write_text(json.dumps(info))
-    server, url = _load("serve").serve_in_thread({"text": shipped["bundle"], "not-bert": bad})
+    server, url = load_web_module("serve").serve_in_thread({"text": shipped["bundle"], "not-bert": bad})
     yield url
     server.shutdown()
 

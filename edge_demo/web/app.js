@@ -86,6 +86,21 @@ async function loadBundle() {
   return [description, contents];
 }
 
+// The predicted label (with its data-* attributes the tests read) and the top-3 bars.
+function showPrediction(result, order, source) {
+  const box = $("#prediction");
+  box.textContent = result.label;
+  Object.assign(box.dataset, { label: result.label, index: String(result.index), source,
+    probs: JSON.stringify(result.probabilities) });
+  $("#topk").replaceChildren(...order.slice(0, 3).map(([p, i]) => {
+    const item = document.createElement("li");
+    item.innerHTML = `<b></b><span class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span></span>` +
+      `<span class="p">${(100 * p).toFixed(1)}%</span>`;
+    item.querySelector("b").textContent = info.classes[i];
+    return item;
+  }));
+}
+
 // The bundle's model (?model=onnx|ort) in an onnxruntime-web session; returns the model file's name.
 async function createSession() {
   const name = info.models[MODEL_FORMAT];
@@ -216,16 +231,7 @@ async function predict(tensor, source) {
   const result = { source, label: info.classes[best], index: best, probabilities: probs, logits, ms };
   state.lastResult = result;
   state.lastInput = Array.from(tensor.data);
-  const box = $("#prediction");
-  box.textContent = result.label;
-  Object.assign(box.dataset, { label: result.label, index: String(best), source, probs: JSON.stringify(probs) });
-  $("#topk").replaceChildren(...order.slice(0, 3).map(([p, i]) => {
-    const item = document.createElement("li");
-    item.innerHTML = `<b></b><span class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span></span>` +
-      `<span class="p">${(100 * p).toFixed(1)}%</span>`;
-    item.querySelector("b").textContent = info.classes[i];
-    return item;
-  }));
+  showPrediction(result, order, source);
   showModelInput(tensor);
   showLatency(ms);
   return result;
@@ -475,16 +481,7 @@ async function predictText(text, source) {
   const result = { source, text, label: info.classes[best], index: best, probabilities: probs, logits, ms,
     inputIds: encoding.inputIds };
   state.lastResult = result;
-  const box = $("#prediction");
-  box.textContent = result.label;
-  Object.assign(box.dataset, { label: result.label, index: String(best), source, probs: JSON.stringify(probs) });
-  $("#topk").replaceChildren(...order.slice(0, 3).map(([p, i]) => {
-    const item = document.createElement("li");
-    item.innerHTML = `<b></b><span class="bar"><span style="width:${(100 * p).toFixed(1)}%"></span></span>` +
-      `<span class="p">${(100 * p).toFixed(1)}%</span>`;
-    item.querySelector("b").textContent = info.classes[i];
-    return item;
-  }));
+  showPrediction(result, order, source);
   $("#tokens").textContent = `${encoding.tokens.length} tokens: ${encoding.tokens.join(" ")}`;
   showLatency(ms);
   return result;
