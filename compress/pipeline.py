@@ -90,7 +90,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
                                if name in artifacts}
         manifest["latency_ratios"] = manifest["stages"]["benchmark"]["metrics"].get("latency_ratios", {})
         if data.kind == "text":
-            manifest["baselines"] = {"tfidf_lr": manifest["stages"]["benchmark"]["metrics"]["tfidf_baseline"]}
+            bench = manifest["stages"]["benchmark"]["metrics"]
+            manifest["baselines"] = {"tfidf_lr": bench["tfidf_baseline"],
+                                     "tfidf_lr_model_input": bench["tfidf_baseline_model_input"]}
             manifest["fusion"] = {name: {"fused_operators": m["fused_operators"], "attention_fused": m["attention_fused"]}
                                   for name, m in manifest["stages"]["export"]["metrics"].items()}
         manifest["ship"] = choose_artifact(manifest["results"], cfg.ship.candidates, cfg.ship.accuracy_budget, artifacts, run_dir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from compress.text_data import (  # noqa: E402
     input_dict,
     is_text_source,
     load_tokenizer,
+    model_input_texts,
     save_tokenizer,
     tfidf_baseline,
     tokenizer_of,
@@ -188,6 +190,15 @@ def test_tfidf_baseline_is_sane(topics):
     assert metrics["accuracy"] >= 0.85 and 0 <= metrics["f1_macro"] <= 1
 
 
+def test_model_input_texts_keep_exactly_what_the_model_sees(topics):
+    long_texts = [" ".join([text] * 6) for text in topics.test.texts[:5]]
+    cut = model_input_texts(topics, long_texts)
+    assert all(len(c) < len(t) for c, t in zip(cut, long_texts))  # max_length 16 truncates these
+    assert np.array_equal(encode_texts(topics, cut), encode_texts(topics, long_texts))
+    like_for_like = tfidf_baseline(topics, model_input=True)
+    assert 0 <= like_for_like["accuracy"] <= 1
+
+
 @pytest.mark.slow  # 72 steps of a 4-layer model: seconds alone, minutes on a busy 2-core machine
 def test_teacher_trains_above_chance(topics):
     model, result = train_teacher(topics, TINY, text_train_config(epochs=8, lr=5e-3, batch_size=8))
@@ -295,9 +306,28 @@ def test_teacher_with_mlm_pretraining_runs(topics):
 
     model = build_teacher(topics, BertShape(layers=2, hidden=32, heads=2, intermediate=64))
     before = model.state_dict()["hf.bert.encoder.layer.0.attention.self.query.weight"].clone()
-    losses = pretrain_mlm(model, topics, epochs=2, lr=1e-3)
+    losses = pretrain_mlm(model, topics, epochs=2, lr=1e-3, windows=True)
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert not torch.equal(before, model.state_dict()["hf.bert.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_mlm_windows_cover_whole_texts_between_specials(topics):
+    from compress.text_models import random_windows, whole_text_ids
+
+    long_data = dataclasses.replace(topics, train=dataclasses.replace(
+        topics.train, texts=[" ".join([t] * 8) for t in topics.train.texts]))
+    pieces = whole_text_ids(long_data)
+    cls, sep = (topics_vocab := json.loads(topics.tokenizer_json)["model"]["vocab"])["[CLS]"], topics_vocab["[SEP]"]
+    assert all(lead == [cls] and tail == [sep] and len(body) > 16 for lead, body, tail in pieces)
+    windows = random_windows(pieces, 16, np.random.default_rng(0))
+    assert windows.shape == (len(pieces), 3, 16)
+    assert (windows[:, 0, 0] == cls).all() and (windows[:, 0, -1] == sep).all() and (windows[:, 1] == 1).all()
+    for (_, body, _), window in zip(pieces, windows[:, 0, 1:-1].tolist()):  # a contiguous slice of the body
+        assert any(body[i:i + 14] == window for i in range(len(body) - 13))
+    short = random_windows([([cls], [7, 8], [sep])], 16, np.random.default_rng(0))  # shorter than max_length: padded
+    assert short[0, 0, :4].tolist() == [cls, 7, 8, sep] and short[0, 1].sum() == 4 and (short[0, 0, 4:] == 0).all()
+    later = random_windows(pieces, 16, np.random.default_rng(1))
+    assert not np.array_equal(windows, later)  # another epoch, other windows
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])

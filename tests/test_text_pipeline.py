@@ -26,7 +26,7 @@ IMAGE_RESULT_KEYS = {"accuracy", "precision_macro", "recall_macro", "f1_macro", 
                      "throughput_sps", "size_bytes", "params", "macs", "path"}
 TINY = [
     "teacher.source=train", "teacher.text_model.layers=2", "teacher.text_model.hidden=32", "teacher.text_model.heads=4",
-    "teacher.text_model.intermediate=64", "teacher.text_model.dropout=0.0", "teacher.text_train.epochs=6",
+    "teacher.text_model.intermediate=64", "teacher.text_model.dropout=0.0", "teacher.text_train.epochs=6", "teacher.mlm_epochs=1",
     "teacher.text_train.lr=0.005", "teacher.text_train.batch_size=8",
     "distill.text_train.epochs=3", "distill.text_train.lr=0.003", "distill.text_train.batch_size=8",
     "prune.head_amount=0.25", "prune.ffn_amount=0.5", "prune.importance_samples=32", "prune.verify_samples=16",
