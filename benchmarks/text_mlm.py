@@ -1,6 +1,6 @@
 """Does a short masked-LM pre-training on the train texts pay for a BERT teacher trained from scratch?
 
-    nice -n 15 python benchmarks/text_mlm.py [--epochs 4] [--mlm-epochs 2] [--windows] [--seeds 0] [--runs baselines plain mlm]
+    nice -n 15 python benchmarks/text_mlm.py [--epochs 4] [--mlm-epochs 2] [--seeds 0] [--runs baselines plain mlm]
 
 On bbc-news (default split, 128 tokens, an 8,000-token WordPiece vocabulary trained on the train split)
 it trains the default 4 x 256 BERT teacher per seed, fine-tuning only (``plain``, with the TF-IDF +
@@ -42,7 +42,6 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=["baselines", "plain", "mlm"],
                         default=["baselines", "plain", "mlm"])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--windows", action="store_true", help="MLM on random windows of the whole texts")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128)
@@ -66,14 +65,12 @@ def main() -> None:
             t0 = time.perf_counter()
             train = text_train_config(epochs=args.epochs, lr=args.lr, seed=seed)
             model = build_teacher(data, BertShape(), seed)
-            losses = (pretrain_mlm(model, data, mlm_epochs, 5e-4, train.batch_size, seed, windows=args.windows)
-                      if mlm_epochs else [])
+            losses = pretrain_mlm(model, data, mlm_epochs, 5e-4, train.batch_size, seed) if mlm_epochs else []
             mlm_s = time.perf_counter() - t0
             result = train_supervised(model, data, train, "teacher")
             metrics = classification_metrics(predict_logits(model, data.test.x, 64), data.test.y)
             _record(args.out, command, {
-                "run": (f"teacher 4x256, {mlm_epochs} MLM epochs" + (" (random windows)" if args.windows else "")
-                        if mlm_epochs else "teacher 4x256, no MLM"),
+                "run": f"teacher 4x256, {mlm_epochs} MLM epochs" if mlm_epochs else "teacher 4x256, no MLM",
                 "seed": seed, **metrics, "val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                 "epochs": args.epochs, "lr": args.lr, "threads": args.threads,
                 "wall_s": round(time.perf_counter() - t0, 1), "mlm_s": round(mlm_s, 1) if mlm_epochs else 0,

@@ -228,26 +228,23 @@ def build_teacher(data: Dataset, shape: BertShape | None = None, seed: int = 0) 
 
 
 def train_teacher(data: Dataset, shape: BertShape | None = None, train: TrainConfig | None = None,
-                  mlm_epochs: int = 0, mlm_lr: float = 5e-4,
-                  mlm_windows: bool = True) -> tuple[TextClassifier, TrainResult]:
+                  mlm_epochs: int = 0, mlm_lr: float = 5e-4) -> tuple[TextClassifier, TrainResult]:
     """A BERT-style teacher fine-tuned on the train split, after ``mlm_epochs`` of masked-LM pre-training
-    on the train texts when > 0 (``mlm_windows``: on random windows of the whole texts, see pretrain_mlm)."""
+    on the train texts when > 0."""
     from compress.distillation import train_supervised
 
     train = train or text_train_config()
     model = build_teacher(data, shape, train.seed)
     if mlm_epochs:
-        pretrain_mlm(model, data, mlm_epochs, mlm_lr, train.batch_size, train.seed, windows=mlm_windows)
+        pretrain_mlm(model, data, mlm_epochs, mlm_lr, train.batch_size, train.seed)
     result = train_supervised(model, data, train, "teacher")
     return model.eval(), result
 
 
 def pretrain_mlm(model: TextClassifier, data: Dataset, epochs: int, lr: float, batch_size: int = 32,
-                 seed: int = 0, mask_share: float = 0.15, windows: bool = False) -> list[float]:
+                 seed: int = 0, mask_share: float = 0.15) -> list[float]:
     """BERT's masked-LM objective (15% of tokens: 80% [MASK], 10% random, 10% kept) on the train split,
-    trained into ``model``'s encoder in place. Returns the mean loss per epoch. ``windows``: each epoch reads
-    one random max_length window of every whole train text instead of its first max_length tokens (the
-    classifier sees only those, but the rest of a long text is language to learn from: more data, same cost)."""
+    trained into ``model``'s encoder in place. Returns the mean loss per epoch."""
     from transformers import AutoModelForMaskedLM
 
     vocab = _vocab(data)
@@ -265,15 +262,13 @@ def pretrain_mlm(model: TextClassifier, data: Dataset, epochs: int, lr: float, b
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
     rng = np.random.default_rng(seed)
     special_arr = np.array(sorted(special))
-    full = whole_text_ids(data) if windows else []
     losses = []
     mlm.train()
     for _ in range(epochs):
         total, count = 0.0, 0
         order = rng.permutation(len(data.train))
-        source = random_windows(full, data.train.x.shape[-1], rng) if windows else data.train.x
         for start in range(0, len(order), batch_size):
-            batch = source[order[start:start + batch_size]]
+            batch = data.train.x[order[start:start + batch_size]]
             ids, attention, types = batch[:, 0].copy(), batch[:, 1], batch[:, 2]
             candidates = (attention == 1) & ~np.isin(ids, special_arr)
             chosen = candidates & (rng.random(ids.shape) < mask_share)
@@ -294,35 +289,6 @@ def pretrain_mlm(model: TextClassifier, data: Dataset, epochs: int, lr: float, b
         losses.append(total / max(count, 1))
     model.hf.get_submodule(prefix).load_state_dict(mlm.get_submodule(prefix).state_dict(), strict=False)
     return losses
-
-
-def whole_text_ids(data: Dataset) -> list[tuple[list[int], list[int], list[int]]]:
-    """Every train text encoded whole (no truncation, no padding): (leading specials, body, trailing specials)."""
-    from compress.text_data import tokenizer_of
-
-    tokenizer = tokenizer_of(data)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    pieces = []
-    for encoding in tokenizer.encode_batch(data.train.texts):
-        ids, special = encoding.ids, encoding.special_tokens_mask
-        lead = next((i for i, s in enumerate(special) if not s), len(ids))
-        tail = next((i for i in range(len(ids), lead, -1) if not special[i - 1]), lead)
-        pieces.append((ids[:lead], ids[lead:tail], ids[tail:]))
-    return pieces
-
-
-def random_windows(pieces: list[tuple[list[int], list[int], list[int]]], length: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Packed (N, 3, length) samples: per text, its specials around one random window of its body."""
-    out = np.zeros((len(pieces), 3, length), np.int64)
-    for i, (lead, body, tail) in enumerate(pieces):
-        room = max(0, length - len(lead) - len(tail))
-        start = int(rng.integers(0, max(1, len(body) - room + 1)))
-        ids = lead + body[start:start + room] + tail
-        out[i, 0, :len(ids)] = ids
-        out[i, 1, :len(ids)] = 1
-    return out
 
 
 def _vocab(data: Dataset) -> dict[str, int]:

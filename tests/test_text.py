@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 
 import numpy as np
@@ -306,28 +305,9 @@ def test_teacher_with_mlm_pretraining_runs(topics):
 
     model = build_teacher(topics, BertShape(layers=2, hidden=32, heads=2, intermediate=64))
     before = model.state_dict()["hf.bert.encoder.layer.0.attention.self.query.weight"].clone()
-    losses = pretrain_mlm(model, topics, epochs=2, lr=1e-3, windows=True)
+    losses = pretrain_mlm(model, topics, epochs=2, lr=1e-3)
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert not torch.equal(before, model.state_dict()["hf.bert.encoder.layer.0.attention.self.query.weight"])
-
-
-def test_mlm_windows_cover_whole_texts_between_specials(topics):
-    from compress.text_models import random_windows, whole_text_ids
-
-    long_data = dataclasses.replace(topics, train=dataclasses.replace(
-        topics.train, texts=[" ".join([t] * 8) for t in topics.train.texts]))
-    pieces = whole_text_ids(long_data)
-    cls, sep = (topics_vocab := json.loads(topics.tokenizer_json)["model"]["vocab"])["[CLS]"], topics_vocab["[SEP]"]
-    assert all(lead == [cls] and tail == [sep] and len(body) > 16 for lead, body, tail in pieces)
-    windows = random_windows(pieces, 16, np.random.default_rng(0))
-    assert windows.shape == (len(pieces), 3, 16)
-    assert (windows[:, 0, 0] == cls).all() and (windows[:, 0, -1] == sep).all() and (windows[:, 1] == 1).all()
-    for (_, body, _), window in zip(pieces, windows[:, 0, 1:-1].tolist()):  # a contiguous slice of the body
-        assert any(body[i:i + 14] == window for i in range(len(body) - 13))
-    short = random_windows([([cls], [7, 8], [sep])], 16, np.random.default_rng(0))  # shorter than max_length: padded
-    assert short[0, 0, :4].tolist() == [cls, 7, 8, sep] and short[0, 1].sum() == 4 and (short[0, 0, 4:] == 0).all()
-    later = random_windows(pieces, 16, np.random.default_rng(1))
-    assert not np.array_equal(windows, later)  # another epoch, other windows
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])
