@@ -54,6 +54,7 @@ class SearchConfig:
     eta: int = 3  # each rung keeps 1/eta of the candidates and trains eta times as many epochs
     max_epochs: int = 9  # the last rung trains at most this many epochs
     seed: int = 0  # random calibration and timing inputs of the untrained structures
+    workers: int = 1  # processes training a rung's candidates side by side (each gets threads / workers torch threads)
 
     def __post_init__(self) -> None:
         for name in BUDGET_KEYS:
@@ -75,7 +76,7 @@ class SearchConfig:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise ValueError(f"search.formats: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
-        for name in ("keep", "probe", "rounds", "min_epochs", "max_epochs"):
+        for name in ("keep", "probe", "rounds", "min_epochs", "max_epochs", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search.{name} must be >= 1, got {getattr(self, name)}")
         if self.eta < 2:
@@ -312,23 +313,30 @@ def prefilter(cfg: SearchConfig, space: list[Structure], stats: Callable[[Struct
 # ---- successive halving --------------------------------------------------------------------------------------
 
 Trainer = Callable[[Structure, int], dict[str, dict]]  # (structure, epochs) -> format -> val/test accuracy, p50, size, run
+RungTrainer = Callable[[list[Structure], int], None]  # (a rung's structures, epochs): train them ahead, side by side
 
 
 def successive_halving(cfg: SearchConfig, candidates: dict[str, dict], train: Trainer,
-                       on_rung: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> str | None:
+                       on_rung: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
+                       train_ahead: RungTrainer | None = None) -> str | None:
     """Step 5: train the survivors rung by rung; returns the winner's name (None when no trained candidate met
-    the budget). ``train`` is called once per structure and rung (both formats share its run)."""
+    the budget). ``train`` is called once per structure and rung (both formats share its run); ``train_ahead``,
+    when given, is first called with all of a rung's structures (to train them in parallel processes, so that
+    ``train`` then finds their training cached and only measures them, one at a time)."""
     alive = [name for name, c in candidates.items() if "dropped" not in c]
     rungs = cfg.rungs()
     for number, epochs in enumerate(rungs):
         if len(alive) == 1 and number < len(rungs) - 1:
             continue  # nothing left to compare: the one candidate trains only at the last rung's epochs
+        rung = list(dict.fromkeys(Structure(**candidates[name]["structure"]) for name in alive))
+        if train_ahead is not None and len(rung) > 1:
+            log(f"[search] rung {number + 1}/{len(rungs)}: training {len(rung)} structures, {epochs} epoch(s), "
+                f"in {min(cfg.workers, len(rung))} processes")
+            train_ahead(rung, epochs)
         runs: dict[Structure, dict] = {}
-        for name in alive:
-            structure = Structure(**candidates[name]["structure"])
-            if structure not in runs:
-                log(f"[search] rung {number + 1}/{len(rungs)}: {structure.name}, {epochs} epoch(s)")
-                runs[structure] = train(structure, epochs)
+        for structure in rung:
+            log(f"[search] rung {number + 1}/{len(rungs)}: {structure.name}, {epochs} epoch(s)")
+            runs[structure] = train(structure, epochs)
         scored = []
         for name in alive:
             entry = candidates[name]
@@ -357,7 +365,7 @@ def successive_halving(cfg: SearchConfig, candidates: dict[str, dict], train: Tr
 
 def run_search(cfg: SearchConfig, out_dir: Path, space_stats: Callable[[Structure], dict],
                measure: Callable[[Structure], dict[str, dict]], train: Trainer, context: dict | None = None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, train_ahead: RungTrainer | None = None) -> dict:
     """The whole search into ``out_dir``: search.json (rewritten after the pre-filter and every rung, so an
     interrupted search shows how far it got), search.md and pareto.png. Raises CompressError when no candidate
     meets the budget, naming the fastest one found."""
@@ -373,7 +381,8 @@ def run_search(cfg: SearchConfig, out_dir: Path, space_stats: Callable[[Structur
     candidates = found["candidates"]
     if not any("dropped" not in c for c in candidates.values()):
         raise CompressError(no_candidate_message(cfg, candidates))
-    winner = successive_halving(cfg, candidates, train, lambda: write_json(out_dir / "search.json", state), log)
+    winner = successive_halving(cfg, candidates, train, lambda: write_json(out_dir / "search.json", state), log,
+                                train_ahead)
     if winner is None:
         raise CompressError(no_candidate_message(cfg, candidates))
     state["winner"] = {"name": winner, **candidates[winner]["rungs"][-1]}

@@ -2,11 +2,19 @@
 compress/search.py. Every candidate trains through ``run_pipeline`` in its own run folder,
 DIR/candidates/<structure>/e<epochs>/, so a re-run of the same search (an interrupted one included) reuses
 every finished stage by fingerprint. Both formats of a structure come out of one pipeline run: fp32 is the
-pipeline's ``pruned`` artifact, int8 its ``int8``."""
+pipeline's ``pruned`` artifact, int8 its ``int8``.
+
+With ``search.workers`` N > 1, a rung's structures first train (teacher, distill, prune) in N spawned processes,
+each with threads / N torch threads; then each run is completed here, one at a time (export, quantize and
+benchmark reuse the trained stages by fingerprint), so no candidate is timed while another trains."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from compress.data import load_dataset
@@ -49,10 +57,14 @@ def run(load: Callable[[list[str]], object], out_dir: Path, budgets: list[str], 
             val_sessions[key] = float((predict(session, data.val.x).argmax(axis=1) == data.val.y).mean())
         return val_sessions[key]
 
-    def train(structure: Structure, epochs: int) -> dict[str, dict]:
+    def candidate(structure: Structure, epochs: int):
+        """The run folder and pipeline config of one structure trained for ``epochs``."""
         run_dir = out_dir / "candidates" / structure.name / f"e{epochs}"
-        run_cfg = load([*extra, *structure.overrides(), f"distill.train.epochs={epochs}"])
-        manifest = run_pipeline(run_cfg, run_dir, resume=True)
+        return run_dir, load([*extra, *structure.overrides(), f"distill.train.epochs={epochs}"])
+
+    def train(structure: Structure, epochs: int) -> dict[str, dict]:
+        run_dir, run_cfg = candidate(structure, epochs)
+        manifest = run_candidate(structure.name, run_cfg, run_dir)
         out = {}
         for fmt in search_cfg.formats:
             artifact = ARTIFACT_OF_FORMAT[fmt]
@@ -68,9 +80,43 @@ def run(load: Callable[[list[str]], object], out_dir: Path, budgets: list[str], 
     context = {"data": data.name}
     if reference is not None:
         context["reference"] = reference_result(Path(reference))
+    def train_ahead(rung: list[Structure], epochs: int) -> None:
+        train_in_parallel({s.name: candidate(s, epochs) for s in rung}, search_cfg.workers)
+
     return run_search(search_cfg, out_dir,
                       lambda s: structure_stats(s, data.input_shape, data.num_classes, cfg.prune.target),
-                      timer.measure, train, context, log)
+                      timer.measure, train, context, log, train_ahead if search_cfg.workers > 1 else None)
+
+
+def run_candidate(name: str, run_cfg, run_dir: Path, train_only: bool = False) -> dict:
+    """One candidate's pipeline run (resumed: what is finished is reused); its errors name the candidate."""
+    try:
+        return run_pipeline(run_cfg, run_dir, resume=True, train_only=train_only)
+    except CompressError as exc:
+        raise CompressError(f"search candidate {name} ({run_dir}): {exc}") from exc
+
+
+def train_in_parallel(runs: dict[str, tuple[Path, object]], workers: int) -> None:
+    """The training stages of every run (name -> (run folder, pipeline config)) in ``workers`` spawned processes,
+    the configured torch threads split between them. The first failure is raised here (a CompressError keeps
+    its one line); the processes still running finish their candidate, whose stages stay cached."""
+    processes = min(workers, len(runs))
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = {}
+        for name, (run_dir, run_cfg) in runs.items():
+            threaded = dataclasses.replace(run_cfg, threads=max(1, run_cfg.threads // processes))
+            futures[pool.submit(run_candidate, name, threaded, run_dir, True)] = name
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BrokenProcessPool as exc:
+            raise CompressError(f"a search worker process died (killed, or out of memory) while training "
+                                f"{', '.join(runs)}: lower search.workers (now {workers}) and run the search again "
+                                "(finished candidates are reused)") from exc
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def reference_result(run_dir: Path) -> dict:

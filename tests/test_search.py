@@ -199,3 +199,40 @@ def test_real_search_resumes_after_an_interruption(tmp_path, monkeypatch):
     assert again["winner"]["name"] == first["winner"]["name"] and again["winner"]["reused"]
     assert (tmp_path / "search.md").is_file()
     assert (tmp_path / "candidates" / first["winner"]["name"].rsplit("-", 1)[0] / "e2" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_parallel_workers_train_the_same_candidates_as_one_process(tmp_path):
+    """workers=2 trains rung 1's two structures side by side, then times them one at a time: the same
+    accuracies per candidate and rung (one torch thread per process either way, so the same arithmetic) and the
+    same winner as workers=1."""
+    space = ['search.archs=["mlp"]', "search.widths=[0.25, 0.5]", "search.prune_amounts=[0.3]", "search.min_epochs=1",
+             "search.eta=2", "search.max_epochs=2", "search.rounds=2", "threads=1"]
+
+    def search(workers, folder):
+        def load(extra):
+            return load_config(None, [*TINY, *space, f"search.workers={workers}", *extra])
+        return search_cli.run(load, tmp_path / folder, ["p50_ms=1000"], log=lambda _: None)
+
+    def accuracies(state):
+        return {name: [(r["epochs"], r["val_accuracy"], r["test_accuracy"]) for r in c["rungs"]]
+                for name, c in state["candidates"].items()}
+
+    one, two = search(1, "one"), search(2, "two")
+    assert accuracies(two) == accuracies(one)
+    assert two["winner"]["name"] == one["winner"]["name"]
+    assert sum(len(c["rungs"]) for c in two["candidates"].values()) == 6  # 2 structures x 2 formats, then 1 x 2
+    assert all(r["run_dir"].startswith(str(tmp_path / "two")) for c in two["candidates"].values() for r in c["rungs"])
+
+
+@pytest.mark.slow
+def test_a_worker_error_is_one_line_naming_the_candidate(tmp_path):
+    """A CompressError raised in a spawned worker comes back as the same one line, prefixed by the candidate."""
+    cfg = load_config(None, TINY)
+    runs = {}
+    for name in ("mlp-w1-d0-p0.3", "mlp-w2-d0-p0.3"):
+        runs[name] = (tmp_path / f"{name}-file", cfg)
+        runs[name][0].write_text("a file where the run folder goes")
+    with pytest.raises(CompressError, match=r"^search candidate mlp-w[12]-d0-p0.3 \(.*-file\): --out .* is a file") as info:
+        search_cli.train_in_parallel(runs, 2)
+    assert "\n" not in str(info.value)
