@@ -18,6 +18,8 @@ from compress.search import (
     Structure,
     UntrainedTimer,
     fit_latency_model,
+    image_builder,
+    image_feed,
     pareto_front,
     parse_budget,
     prefilter,
@@ -92,7 +94,7 @@ def test_prefilter_drops_a_structure_over_budget_measured(tmp_path):
     """A tiny and a huge untrained structure, timed for real; a budget between them keeps only the tiny one."""
     cfg = SearchConfig(archs=["mlp", "resnet"], widths=[0.1], prune_amounts=[0.2], formats=["fp32", "int8"], rounds=3)
     tiny, huge = Structure("mlp", 0.1, 0, 0.2), Structure("resnet", 4.0, 0, 0.2)
-    timer = UntrainedTimer(tmp_path, *DIGITS, Target(), cfg, "macs")
+    timer = UntrainedTimer(tmp_path, image_builder(*DIGITS, "macs", cfg), image_feed(DIGITS[0], 0), Target(), cfg)
     fast, slow = timer.measure(tiny), timer.measure(huge)
     assert slow["fp32"]["p50_ms"] > 10 * fast["fp32"]["p50_ms"]
     assert slow["int8"]["size_bytes"] < slow["fp32"]["size_bytes"] / 2
