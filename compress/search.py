@@ -3,8 +3,8 @@ measurement, cheap before expensive.
 
 1. Enumerate structures (images: arch x width x depth x prune amount; text: layers x hidden size x heads x FFN
    width x prune amount) and formats (fp32, int8; for text also the named text quantize candidates).
-2. Time every *untrained* structure at batch 1 on the target (export, int8 with random calibration),
-   interleaved against one fixed reference model so machine drift cancels; record its file size.
+2. Time every *untrained* structure at batch 1 on the target (export, int8 with random calibration; text:
+   see compress/text_search.py), interleaved against one fixed reference model so machine drift cancels; record its file size.
 3. After the first ``probe`` structures, fit p50 ~ MACs + params by least squares (per format) and skip
    timing structures the fit predicts far over budget.
 4. Drop over-budget candidates, keep the ``keep`` largest (by MACs) of the rest.
@@ -12,7 +12,8 @@ measurement, cheap before expensive.
    those whose *measured* p50 and size still meet the budget, multiply the epochs by eta, repeat.
 
 Training is a callable (the application layer passes one that runs the real pipeline into a run folder per
-structure and rung, so it is cached by fingerprint); this module never imports the stages."""
+structure and rung, so it is cached by fingerprint, and optionally one that trains a whole rung ahead in
+parallel processes); this module never imports the stages."""
 from __future__ import annotations
 
 import itertools
