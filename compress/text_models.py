@@ -347,7 +347,8 @@ def make_student(teacher: TextClassifier, layers: int | None = None, hidden: int
         raise CompressError(f"student init must be 'teacher' or 'random', got {init!r}")
     config = config_from_dict(teacher.compress_spec["config"])
     teacher_layers, teacher_heads = config.num_hidden_layers, config.num_attention_heads
-    teacher_hidden, teacher_ffn = config.hidden_size, config.intermediate_size
+    ffn_key = "intermediate_size" if hasattr(config, "intermediate_size") else "hidden_dim"  # DistilBERT's name
+    teacher_hidden, teacher_ffn = config.hidden_size, getattr(config, ffn_key)
     layers = layers or max(1, teacher_layers // 2)
     hidden, heads, ffn = hidden or teacher_hidden, heads or teacher_heads, ffn or teacher_ffn
     if not 1 <= layers <= teacher_layers:
@@ -361,7 +362,8 @@ def make_student(teacher: TextClassifier, layers: int | None = None, hidden: int
         raise CompressError(f"student hidden size {hidden} is not a multiple of its head count {heads}: choose a "
                             "hidden size that the heads divide")
     config.num_hidden_layers, config.hidden_size = layers, hidden
-    config.num_attention_heads, config.intermediate_size = heads, ffn
+    config.num_attention_heads = heads
+    setattr(config, ffn_key, ffn)
     student = build_classifier(config)
     if init == "random":
         return student, "random init"
