@@ -182,11 +182,11 @@ def test_real_search_resumes_after_an_interruption(tmp_path, monkeypatch):
     real = search_cli.run_pipeline
     seen = []
 
-    def interrupted(cfg, run_dir, resume=False, force=False):
+    def interrupted(cfg, run_dir, resume=False, force=False, train_only=False):
         if len(seen) == 2:
             raise KeyboardInterrupt
         seen.append(run_dir)
-        return real(cfg, run_dir, resume=resume, force=force)
+        return real(cfg, run_dir, resume=resume, force=force, train_only=train_only)
 
     monkeypatch.setattr(search_cli, "run_pipeline", interrupted)
     monkeypatch.chdir(tmp_path.parent)  # a relative --out, as users give it: manifests then hold relative paths
