@@ -49,6 +49,7 @@ TINY = ["data.source=digits", "teacher.source=train", 'teacher.model.arch="mlp"'
     ("search.eta=1", "search.eta must be >= 2"),
     ("search.max_epochs=1", r"max_epochs \(1\) must be >= search.min_epochs \(3\)"),
     ("search.budget=3", "unknown config key search.budget"),
+    ("search.workers=0", "search.workers must be >= 1"),
 ])
 def test_invalid_search_config_is_one_line(override, message):
     extra = ["search.min_epochs=3"] if "max_epochs" in override else []
@@ -167,6 +168,8 @@ def test_cli_impossible_budget_exits_2_with_one_line(tmp_path):
 def test_cli_bad_budget_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "s"), "--budget", "latency=3"])
     assert result.exit_code == 2 and "must be p50_ms=MS or size_kb=KB" in result.output
+    result = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "s"), "--budget", "p50_ms=1", "--workers", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output
 
 
 @pytest.mark.slow
@@ -225,6 +228,11 @@ def test_parallel_workers_train_the_same_candidates_as_one_process(tmp_path):
     assert two["winner"]["name"] == one["winner"]["name"]
     assert sum(len(c["rungs"]) for c in two["candidates"].values()) == 6  # 2 structures x 2 formats, then 1 x 2
     assert all(r["run_dir"].startswith(str(tmp_path / "two")) for c in two["candidates"].values() for r in c["rungs"])
+    # the workers trained; this process only completed each run, reusing what they trained
+    manifest = json.loads((tmp_path / "two" / "candidates" / "mlp-w0.25-d0-p0.3" / "e1" / "manifest.json").read_text())
+    assert {n: s["status"] for n, s in manifest["stages"].items()} == {
+        "teacher": "reused", "distill": "reused", "prune": "reused", "export": "done", "quantize": "done",
+        "benchmark": "done"}
 
 
 @pytest.mark.slow
