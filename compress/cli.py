@@ -16,8 +16,10 @@ DATA_HELP = "Dataset: mnist, digits, an image folder (one subfolder per class) o
 
 
 DEVICE_HELP = ("Where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Sets every training "
-               "stage's train.device; ONNX files and checkpoints always come from CPU fp32 weights.")
-DEVICE_KEYS = ("teacher.train.device", "distill.train.device", "prune.finetune.device")
+               "stage's train.device (and, for text, text_train/text_finetune.device); ONNX files and checkpoints "
+               "always come from CPU fp32 weights.")
+DEVICE_KEYS = ("teacher.train.device", "distill.train.device", "prune.finetune.device",
+               "teacher.text_train.device", "distill.text_train.device", "prune.text_finetune.device")
 
 
 def _config(config_path, overrides, data=None, device=None):
@@ -182,7 +184,9 @@ def pipeline(config_path, out_dir, overrides, data, baseline, resume, force, npr
 @click.option("--set", "overrides", multiple=True, help=SET_HELP + " Search keys: search.widths=[0.25,0.5], ...")
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--device", default=None, help=DEVICE_HELP)
-def search(out_dir, budgets, reference, config_path, overrides, data, device):
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Train a rung's candidates in N processes side by side (search.workers; default 1).")
+def search(out_dir, budgets, reference, config_path, overrides, data, device, workers):
     """Find the most accurate student meeting a latency and/or size budget, by measurement.
 
     Untrained structures are timed first (over-budget ones never train); survivors are trained through the
@@ -191,10 +195,11 @@ def search(out_dir, budgets, reference, config_path, overrides, data, device):
     \b
     Example:
       compress search --out runs/search --budget p50_ms=0.2 --budget size_kb=200
-      compress search --out runs/s2 --budget p50_ms=0.1 --set 'search.archs=["mobilenet"]'
+      compress search --out runs/s2 --budget p50_ms=0.1 --set 'search.archs=["mobilenet"]' --workers 2
     """
     from compress import search_cli
 
+    overrides = [*overrides, *([f"search.workers={workers}"] if workers is not None else [])]
     state = search_cli.run(lambda extra: _config(config_path, [*overrides, *extra], data, device), Path(out_dir),
                            list(budgets), Path(reference) if reference else None)
     w = state["winner"]

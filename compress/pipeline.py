@@ -36,7 +36,11 @@ from stages.teacher import teacher_data, teacher_inputs
 CHECKPOINTS = ".checkpoints"  # run_dir/.checkpoints/<stage>/: per-epoch training checkpoints of the stage in progress
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force: bool = False) -> dict:
+def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force: bool = False,
+                 train_only: bool = False) -> dict:
+    """``train_only`` stops after the training stages (teacher, distill, prune), leaving an unfinished run that
+    a later call with ``resume`` completes: a parallel search trains candidates side by side this way, then
+    times them one at a time."""
     run_dir = Path(run_dir)
     # Under torchrun every process runs this function: all train (teacher, distill, prune), rank 0 alone
     # locks the folder, decides what to reuse, writes, and runs export/quantize/benchmark.
@@ -75,7 +79,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         t = stage("teacher", teacher_inputs(cfg.teacher, cfg.data))
         d = stage("distill", {"teacher": t["teacher"]})
         p = stage("prune", {"student": d["student"], "teacher": t["teacher"]})
-        if not is_main:
+        if not is_main or train_only:
             return manifest
         distributed.teardown()  # export, quantize and benchmark run in rank 0 alone: timings must not share the CPU
         checkpoints = {"teacher": t["teacher"], "student": d["student"], "pruned": p["pruned"]}

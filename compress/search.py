@@ -1,9 +1,10 @@
 """``compress search``: the most accurate student that meets a latency and/or size budget, found by
 measurement, cheap before expensive.
 
-1. Enumerate structures (arch x width x depth x prune amount) and formats (fp32, int8).
-2. Time every *untrained* structure at batch 1 on the target (export, int8 with random calibration),
-   interleaved against one fixed reference model so machine drift cancels; record its file size.
+1. Enumerate structures (images: arch x width x depth x prune amount; text: layers x hidden size x heads x FFN
+   width x prune amount) and formats (fp32, int8; for text also the named text quantize candidates).
+2. Time every *untrained* structure at batch 1 on the target (export, int8 with random calibration; text:
+   see compress/text_search.py), interleaved against one fixed reference model so machine drift cancels; record its file size.
 3. After the first ``probe`` structures, fit p50 ~ MACs + params by least squares (per format) and skip
    timing structures the fit predicts far over budget.
 4. Drop over-budget candidates, keep the ``keep`` largest (by MACs) of the rest.
@@ -11,7 +12,8 @@ measurement, cheap before expensive.
    those whose *measured* p50 and size still meet the budget, multiply the epochs by eta, repeat.
 
 Training is a callable (the application layer passes one that runs the real pipeline into a run folder per
-structure and rung, so it is cached by fingerprint); this module never imports the stages."""
+structure and rung, so it is cached by fingerprint, and optionally one that trains a whole rung ahead in
+parallel processes); this module never imports the stages."""
 from __future__ import annotations
 
 import itertools
@@ -20,7 +22,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ from compress.latency import Target, TimingRules, time_interleaved
 from compress.zoo import ARCHITECTURES
 
 FORMATS = ("fp32", "int8")
+# Text: int8 is the usual dynamic int8; the others pin one of the text quantize stage's candidates.
+TEXT_FORMATS = ("fp32", "int8", "dynamic_int8", "static_u8s8_qdq", "int4_weight_only")
 BUDGET_KEYS = ("p50_ms", "size_kb")
 
 
@@ -44,7 +48,13 @@ class SearchConfig:
     widths: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # student width multipliers
     depths: list[int] = field(default_factory=lambda: [0])  # student depths; 0 = the architecture's default
     prune_amounts: list[float] = field(default_factory=lambda: [0.2, 0.5])  # prune.amount values, each in (0, 1)
-    formats: list[str] = field(default_factory=lambda: ["fp32", "int8"])  # shipped formats: fp32 (pruned) and/or int8
+    formats: list[str] = field(default_factory=lambda: ["fp32", "int8"])  # shipped formats: fp32 (pruned) and/or int8 (text: see TEXT_FORMATS)
+    # Text data only (archs, widths and depths above are for images; prune_amounts is the share of heads and of
+    # FFN neurons the prune stage removes):
+    text_layers: list[int] = field(default_factory=lambda: [1, 2])  # student transformer layers (at most the teacher's)
+    text_hidden: list[int] = field(default_factory=lambda: [128, 256])  # student hidden sizes (at most the teacher's)
+    text_heads: list[int] = field(default_factory=lambda: [4])  # student attention heads (must divide every hidden size)
+    text_ffn: list[int] = field(default_factory=lambda: [512, 1024])  # student FFN inner sizes (at most the teacher's)
     keep: int = 6  # candidates kept after the latency pre-filter (the most MACs first: more capacity, more accuracy)
     probe: int = 4  # structures timed before the latency model may skip any
     skip_factor: float = 2.0  # skip timing a structure predicted above this many times the p50 budget
@@ -54,15 +64,23 @@ class SearchConfig:
     eta: int = 3  # each rung keeps 1/eta of the candidates and trains eta times as many epochs
     max_epochs: int = 9  # the last rung trains at most this many epochs
     seed: int = 0  # random calibration and timing inputs of the untrained structures
+    workers: int = 1  # processes training a rung's candidates side by side (each gets threads / workers torch threads)
 
     def __post_init__(self) -> None:
         for name in BUDGET_KEYS:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"search.{name} must be > 0, got {value}")
-        for name in ("archs", "widths", "depths", "prune_amounts", "formats"):
+        for name in ("archs", "widths", "depths", "prune_amounts", "formats", *TEXT_SPACE):
             if not getattr(self, name):
                 raise ValueError(f"search.{name} is empty: give at least one value")
+        for name in TEXT_SPACE:
+            if any(value < 1 for value in getattr(self, name)):
+                raise ValueError(f"search.{name} must all be >= 1, got {getattr(self, name)}")
+        for hidden, heads in itertools.product(self.text_hidden, self.text_heads):
+            if hidden % heads:
+                raise ValueError(f"search.text_hidden {hidden} is not a multiple of search.text_heads {heads}: every "
+                                 "hidden size must split evenly into every head count")
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
         if unknown:
             raise ValueError(f"search.archs: unknown architecture {unknown[0]!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -72,10 +90,11 @@ class SearchConfig:
             raise ValueError(f"search.depths must all be >= 0 (0 = default depth), got {self.depths}")
         if any(not 0 < a < 1 for a in self.prune_amounts):
             raise ValueError(f"search.prune_amounts must all be fractions in (0, 1), got {self.prune_amounts}")
-        bad = [f for f in self.formats if f not in FORMATS]
+        bad = [f for f in self.formats if f not in TEXT_FORMATS]
         if bad:
-            raise ValueError(f"search.formats: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
-        for name in ("keep", "probe", "rounds", "min_epochs", "max_epochs"):
+            raise ValueError(f"search.formats: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)} (text also "
+                             f"{', '.join(TEXT_FORMATS[2:])})")
+        for name in ("keep", "probe", "rounds", "min_epochs", "max_epochs", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search.{name} must be >= 1, got {getattr(self, name)}")
         if self.eta < 2:
@@ -93,6 +112,23 @@ class SearchConfig:
         while epochs[-1] < self.max_epochs:
             epochs.append(min(epochs[-1] * self.eta, self.max_epochs))
         return epochs
+
+
+TEXT_SPACE = ("text_layers", "text_hidden", "text_heads", "text_ffn")
+
+
+def check_formats(cfg: SearchConfig, text: bool) -> None:
+    """The formats a search over this kind of data can build, or a one-line CompressError."""
+    if not text:
+        bad = [f for f in cfg.formats if f not in FORMATS]
+        if bad:
+            raise CompressError(f"search.formats: {bad[0]!r} is a text format; image searches build "
+                                f"{' and '.join(FORMATS)}")
+        return
+    quantized = [f for f in cfg.formats if f != "fp32"]
+    if len(quantized) > 1:
+        raise CompressError(f"search.formats {cfg.formats}: a text search builds one quantized format per candidate run; "
+                            f"keep fp32 and one of {', '.join(TEXT_FORMATS[1:])}")
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -123,6 +159,8 @@ class Structure:
     def name(self) -> str:
         return f"{self.arch}-w{self.width:g}-d{self.depth}-p{self.prune:g}"
 
+    epochs_key = "distill.train.epochs"  # the pipeline key of the student's training epochs
+
     def overrides(self) -> list[str]:
         """--set overrides that make the pipeline train this structure."""
         depth = str(self.depth) if self.depth else '"none"'
@@ -130,9 +168,41 @@ class Structure:
                 f"distill.student.depth={depth}", f"prune.amount={float(self.prune)}"]
 
 
+@dataclass(frozen=True)
+class TextStructure:
+    """One text student structure (a BERT-style encoder); both formats come out of the same pipeline run."""
+
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int  # FFN inner size
+    prune: float  # share of the attention heads and of every layer's FFN neurons the prune stage removes
+
+    epochs_key = "distill.text_train.epochs"
+
+    @property
+    def name(self) -> str:
+        return f"bert-l{self.layers}-h{self.hidden}-a{self.heads}-f{self.ffn}-p{self.prune:g}"
+
+    def overrides(self) -> list[str]:
+        return [f"distill.student_layers={self.layers}", f"distill.student_hidden={self.hidden}",
+                f"distill.student_heads={self.heads}", f"distill.student_ffn={self.ffn}",
+                f"prune.head_amount={float(self.prune)}", f"prune.ffn_amount={float(self.prune)}"]
+
+
 def structures(cfg: SearchConfig) -> list[Structure]:
     return [Structure(a, float(w), int(d), float(p))
             for a, w, d, p in itertools.product(cfg.archs, cfg.widths, cfg.depths, cfg.prune_amounts)]
+
+
+def text_structures(cfg: SearchConfig) -> list[TextStructure]:
+    return [TextStructure(int(n), int(h), int(a), int(f), float(p)) for n, h, a, f, p in
+            itertools.product(cfg.text_layers, cfg.text_hidden, cfg.text_heads, cfg.text_ffn, cfg.prune_amounts)]
+
+
+def structure_of(fields: dict) -> Structure | TextStructure:
+    """A structure back from its ``asdict`` form in search.json."""
+    return TextStructure(**fields) if "heads" in fields else Structure(**fields)
 
 
 def pruned_width(width: float, amount: float, target: str) -> float:
@@ -198,30 +268,43 @@ def quantize_random(fp32: Path, int8: Path, input_shape: tuple[int, ...], seed: 
         prepared.unlink(missing_ok=True)
 
 
+Builder = Callable[[object, Path], dict[str, Path]]  # (structure, folder) -> format -> its untrained ONNX file
+
+
+def image_builder(input_shape: tuple[int, ...], num_classes: int, prune_target: str, cfg: SearchConfig) -> Builder:
+    """Untrained image structures as ONNX: the stand-in exported to fp32, and int8 with random calibration."""
+    def build(structure: Structure, folder: Path) -> dict[str, Path]:
+        files = {"fp32": folder / "fp32.onnx"}
+        export_untrained(_stand_in(structure, input_shape, num_classes, prune_target), files["fp32"], input_shape)
+        if "int8" in cfg.formats:
+            files["int8"] = folder / "int8.onnx"
+            quantize_random(files["fp32"], files["int8"], input_shape, cfg.seed)
+        return files
+    return build
+
+
+def image_feed(input_shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input": rng.standard_normal((1, *input_shape)).astype(np.float32)}
+
+
 class UntrainedTimer:
     """Times untrained structures against one fixed reference model (the first structure's fp32), so a
     structure's p50 is (its p50 / the reference's p50 in the same rounds) x the reference's median p50 over
-    every measurement: drift of the machine between structures cancels."""
+    every measurement: drift of the machine between structures cancels. ``build`` writes a structure's ONNX
+    files; every model is timed on the same batch-1 ``feed``."""
 
-    def __init__(self, work: Path, input_shape: tuple[int, ...], num_classes: int, target: Target, cfg: SearchConfig,
-                 prune_target: str) -> None:
-        self.work, self.input_shape, self.num_classes = Path(work), tuple(input_shape), num_classes
-        self.target, self.cfg, self.prune_target = target, cfg, prune_target
+    def __init__(self, work: Path, build: Builder, feed: dict[str, np.ndarray], target: Target,
+                 cfg: SearchConfig) -> None:
+        self.work, self.build, self.feed, self.target, self.cfg = Path(work), build, feed, target, cfg
         self.reference: Path | None = None
         self.reference_p50: list[float] = []
         self.rules = TimingRules(warmup="fixed", warmup_runs=10, min_runs=10, min_seconds=0.0)
-        rng = np.random.default_rng(cfg.seed)
-        self.feed = {"input": rng.standard_normal((1, *self.input_shape)).astype(np.float32)}
 
-    def measure(self, structure: Structure) -> dict[str, dict]:
+    def measure(self, structure) -> dict[str, dict]:
         folder = self.work / structure.name
         folder.mkdir(parents=True, exist_ok=True)
-        files = {"fp32": folder / "fp32.onnx"}
-        export_untrained(_stand_in(structure, self.input_shape, self.num_classes, self.prune_target), files["fp32"],
-                         self.input_shape)
-        if "int8" in self.cfg.formats:
-            files["int8"] = folder / "int8.onnx"
-            quantize_random(files["fp32"], files["int8"], self.input_shape, self.cfg.seed)
+        files = self.build(structure, folder)
         if self.reference is None:
             self.reference = self.work / "reference.onnx"
             self.reference.write_bytes(files["fp32"].read_bytes())
@@ -272,7 +355,7 @@ def prefilter(cfg: SearchConfig, space: list[Structure], stats: Callable[[Struct
               measure: Callable[[Structure], dict[str, dict]], log: Callable[[str], None] = print) -> dict:
     """Steps 2-4: every candidate (structure x format) with its stats, predicted and measured untrained p50,
     size and, when dropped, why; the survivors are those without a ``dropped`` reason."""
-    space = sorted(space, key=lambda s: (s.arch, s.width, s.depth, s.prune))
+    space = sorted(space, key=astuple)
     info = {s.name: stats(s) for s in space}
     # Time from both ends of the MACs range first, so the model is fitted over the whole range it predicts.
     by_macs = sorted(space, key=lambda s: info[s.name]["macs"])
@@ -312,27 +395,34 @@ def prefilter(cfg: SearchConfig, space: list[Structure], stats: Callable[[Struct
 # ---- successive halving --------------------------------------------------------------------------------------
 
 Trainer = Callable[[Structure, int], dict[str, dict]]  # (structure, epochs) -> format -> val/test accuracy, p50, size, run
+RungTrainer = Callable[[list[Structure], int], None]  # (a rung's structures, epochs): train them ahead, side by side
 
 
 def successive_halving(cfg: SearchConfig, candidates: dict[str, dict], train: Trainer,
-                       on_rung: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> str | None:
+                       on_rung: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
+                       train_ahead: RungTrainer | None = None) -> str | None:
     """Step 5: train the survivors rung by rung; returns the winner's name (None when no trained candidate met
-    the budget). ``train`` is called once per structure and rung (both formats share its run)."""
+    the budget). ``train`` is called once per structure and rung (both formats share its run); ``train_ahead``,
+    when given, is first called with all of a rung's structures (to train them in parallel processes, so that
+    ``train`` then finds their training cached and only measures them, one at a time)."""
     alive = [name for name, c in candidates.items() if "dropped" not in c]
     rungs = cfg.rungs()
     for number, epochs in enumerate(rungs):
         if len(alive) == 1 and number < len(rungs) - 1:
             continue  # nothing left to compare: the one candidate trains only at the last rung's epochs
+        rung = list(dict.fromkeys(structure_of(candidates[name]["structure"]) for name in alive))
+        if train_ahead is not None and len(rung) > 1:
+            log(f"[search] rung {number + 1}/{len(rungs)}: training {len(rung)} structures, {epochs} epoch(s), "
+                f"in {min(cfg.workers, len(rung))} processes")
+            train_ahead(rung, epochs)
         runs: dict[Structure, dict] = {}
-        for name in alive:
-            structure = Structure(**candidates[name]["structure"])
-            if structure not in runs:
-                log(f"[search] rung {number + 1}/{len(rungs)}: {structure.name}, {epochs} epoch(s)")
-                runs[structure] = train(structure, epochs)
+        for structure in rung:
+            log(f"[search] rung {number + 1}/{len(rungs)}: {structure.name}, {epochs} epoch(s)")
+            runs[structure] = train(structure, epochs)
         scored = []
         for name in alive:
             entry = candidates[name]
-            result = runs[Structure(**entry["structure"])][entry["format"]]
+            result = runs[structure_of(entry["structure"])][entry["format"]]
             entry["rungs"].append({"epochs": epochs, **result})
             reason = over_budget(cfg, result["p50_ms"], result["size_bytes"])
             if reason:
@@ -357,15 +447,16 @@ def successive_halving(cfg: SearchConfig, candidates: dict[str, dict], train: Tr
 
 def run_search(cfg: SearchConfig, out_dir: Path, space_stats: Callable[[Structure], dict],
                measure: Callable[[Structure], dict[str, dict]], train: Trainer, context: dict | None = None,
-               log: Callable[[str], None] = print) -> dict:
-    """The whole search into ``out_dir``: search.json (rewritten after the pre-filter and every rung, so an
+               log: Callable[[str], None] = print, train_ahead: RungTrainer | None = None,
+               space: list | None = None) -> dict:
+    """The whole search over ``space`` (default: the image structures of ``cfg``) into ``out_dir``: search.json (rewritten after the pre-filter and every rung, so an
     interrupted search shows how far it got), search.md and pareto.png. Raises CompressError when no candidate
     meets the budget, naming the fastest one found."""
     if cfg.p50_ms is None and cfg.size_kb is None:
         raise CompressError("no budget: pass --budget p50_ms=MS and/or --budget size_kb=KB (or set search.p50_ms)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    found = prefilter(cfg, structures(cfg), space_stats, measure, log)
+    found = prefilter(cfg, structures(cfg) if space is None else space, space_stats, measure, log)
     state = {"config": asdict(cfg), "context": context or {}, "rungs": cfg.rungs(),
              "latency_model": found["latency_model"], "candidates": found["candidates"], "winner": None,
              "status": "pre-filtered"}
@@ -373,7 +464,8 @@ def run_search(cfg: SearchConfig, out_dir: Path, space_stats: Callable[[Structur
     candidates = found["candidates"]
     if not any("dropped" not in c for c in candidates.values()):
         raise CompressError(no_candidate_message(cfg, candidates))
-    winner = successive_halving(cfg, candidates, train, lambda: write_json(out_dir / "search.json", state), log)
+    winner = successive_halving(cfg, candidates, train, lambda: write_json(out_dir / "search.json", state), log,
+                                train_ahead)
     if winner is None:
         raise CompressError(no_candidate_message(cfg, candidates))
     state["winner"] = {"name": winner, **candidates[winner]["rungs"][-1]}
@@ -389,10 +481,10 @@ def no_candidate_message(cfg: SearchConfig, candidates: dict[str, dict]) -> str:
     measured = [(c["rungs"][-1] if c["rungs"] else c["untrained"], c["name"], "trained" if c["rungs"] else "untrained")
                 for c in candidates.values() if c["rungs"] or c["untrained"]]
     if not measured:
-        return f"no candidate meets the budget ({budget}): none was measured; widen search.widths or the budget"
+        return f"no candidate meets the budget ({budget}): none was measured; search smaller students or raise the budget"
     figure, name, kind = min(measured, key=lambda m: m[0]["p50_ms"])
     return (f"no candidate meets the budget ({budget}): the fastest found is {name} at p50 {figure['p50_ms']:.4f} ms, "
-            f"{figure['size_bytes'] / 1024:.1f} KiB ({kind}); raise the budget or add smaller widths")
+            f"{figure['size_bytes'] / 1024:.1f} KiB ({kind}); raise the budget or search smaller students")
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:

@@ -303,26 +303,33 @@ def student_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 def make_student(teacher: TextClassifier, layers: int | None = None, hidden: int | None = None,
-                 init: str = "teacher") -> tuple[TextClassifier, str]:
-    """A DistilBERT-style student: ``layers`` (default half the teacher's) at ``hidden`` size (default the
-    teacher's). ``init`` "teacher" copies the embeddings and every other layer (and, when narrower, the
-    teacher's most important hidden dimensions); "random" starts from scratch. Returns (student, what was done)."""
+                 init: str = "teacher", heads: int | None = None, ffn: int | None = None) -> tuple[TextClassifier, str]:
+    """A DistilBERT-style student: ``layers`` (default half the teacher's) at ``hidden`` size, ``heads`` attention
+    heads and ``ffn`` FFN inner size (defaults: the teacher's). ``init`` "teacher" copies the embeddings and every
+    other layer (and, when narrower, the teacher's most important hidden dimensions and FFN neurons; another head
+    count splits the same projections into that many heads); "random" starts from scratch. Returns (student, what
+    was done)."""
     if init not in ("teacher", "random"):
         raise CompressError(f"student init must be 'teacher' or 'random', got {init!r}")
     config = config_from_dict(teacher.compress_spec["config"])
-    teacher_layers = config.num_hidden_layers
+    teacher_layers, teacher_heads = config.num_hidden_layers, config.num_attention_heads
+    ffn_key = "intermediate_size" if hasattr(config, "intermediate_size") else "hidden_dim"  # DistilBERT's name
+    teacher_hidden, teacher_ffn = config.hidden_size, getattr(config, ffn_key)
     layers = layers or max(1, teacher_layers // 2)
+    hidden, heads, ffn = hidden or teacher_hidden, heads or teacher_heads, ffn or teacher_ffn
     if not 1 <= layers <= teacher_layers:
         raise CompressError(f"the student needs 1 to {teacher_layers} layers (the teacher's count), got {layers}")
     if _pruned(teacher):
         raise CompressError("make the student from an unpruned teacher (its heads or FFN were pruned)")
-    config.num_hidden_layers = layers
-    teacher_hidden = config.hidden_size
-    if hidden is not None and hidden != teacher_hidden:
-        if hidden % config.num_attention_heads or hidden > teacher_hidden:
-            raise CompressError(f"student hidden size {hidden} must be at most the teacher's ({teacher_hidden}) and a "
-                                f"multiple of its head count ({config.num_attention_heads})")
-        config.hidden_size = hidden
+    if hidden > teacher_hidden or ffn > teacher_ffn or heads > teacher_heads:
+        raise CompressError(f"the student (hidden {hidden}, {heads} heads, FFN {ffn}) must be at most the teacher's "
+                            f"sizes (hidden {teacher_hidden}, {teacher_heads} heads, FFN {teacher_ffn})")
+    if hidden % heads:
+        raise CompressError(f"student hidden size {hidden} is not a multiple of its head count {heads}: choose a "
+                            "hidden size that the heads divide")
+    config.num_hidden_layers, config.hidden_size = layers, hidden
+    config.num_attention_heads = heads
+    setattr(config, ffn_key, ffn)
     student = build_classifier(config)
     if init == "random":
         return student, "random init"
@@ -339,11 +346,16 @@ def make_student(teacher: TextClassifier, layers: int | None = None, hidden: int
             key = f"{marker}{mapping.index(int(index))}.{rest}"
         renamed[key] = value
     note = f"teacher layers {mapping} and embeddings"
-    if config.hidden_size != teacher_hidden:
+    if (hidden, ffn) != (teacher_hidden, teacher_ffn):
         if teacher.model_type not in BERT_LIKE:
             return student, f"random init (narrowing {teacher.model_type} is not supported)"
-        renamed = _narrow(renamed, student, teacher, config)
-        note += f", teacher's {config.hidden_size} most important of {teacher_hidden} hidden dimensions"
+        renamed = _narrow(renamed, student, teacher_heads)
+        if hidden != teacher_hidden:
+            note += f", teacher's {hidden} most important of {teacher_hidden} hidden dimensions"
+        if ffn != teacher_ffn:
+            note += f", its {ffn} largest of {teacher_ffn} FFN neurons per layer"
+    if heads != teacher_heads:
+        note += f", attention projections split into {heads} instead of {teacher_heads} heads"
     student.load_state_dict(renamed, strict=True)
     return student, note
 
@@ -353,11 +365,14 @@ def _pruned(model: TextClassifier) -> bool:
     return any(fresh[k].shape != v.shape for k, v in model.state_dict().items() if k in fresh)
 
 
-def _narrow(state: dict, student: TextClassifier, teacher: TextClassifier, config) -> dict:
+def _narrow(state: dict, student: TextClassifier, teacher_heads: int) -> dict:
     """Select the hidden dimensions with the largest LayerNorm gains and embedding norms (the residual
-    stream's most used), and per head the dimensions whose query/key/value/output weights are largest."""
-    hidden, teacher_hidden = config.hidden_size, teacher.hf.config.hidden_size
-    heads = config.num_attention_heads
+    stream's most used); per teacher head the dimensions whose query/key/value/output weights are largest (over
+    all heads at once when the student's width does not split evenly into the teacher's heads); per layer the FFN
+    neurons whose input and output weights are largest."""
+    config = student.hf.config
+    hidden = config.hidden_size
+    teacher_hidden = next(v for k, v in state.items() if k.endswith("word_embeddings.weight")).shape[1]
     score = torch.zeros(teacher_hidden)
     for key, value in state.items():
         if "LayerNorm.weight" in key:
@@ -365,16 +380,21 @@ def _narrow(state: dict, student: TextClassifier, teacher: TextClassifier, confi
         elif key.endswith("word_embeddings.weight"):
             score += value.norm(dim=0) / value.norm(dim=0).mean()
     kept = torch.sort(torch.topk(score, hidden).indices).values
-    head_dim, student_head_dim = teacher_hidden // heads, hidden // heads
     inner: dict[str, torch.Tensor] = {}
+    neurons: dict[str, torch.Tensor] = {}
     for key in state:
         if key.endswith("attention.self.query.weight"):
             layer = key.rsplit("attention.self.", 1)[0]
             rows = sum(state[f"{layer}attention.self.{n}.weight"].pow(2).sum(1) for n in ("query", "key", "value"))
             rows = rows + state[f"{layer}attention.output.dense.weight"].pow(2).sum(0)
-            per_head = rows.view(heads, head_dim)
-            top = torch.sort(torch.topk(per_head, student_head_dim, dim=1).indices, dim=1).values
-            inner[layer] = (top + torch.arange(heads)[:, None] * head_dim).flatten()
+            if hidden % teacher_heads == 0:
+                per_head = rows.view(teacher_heads, teacher_hidden // teacher_heads)
+                top = torch.sort(torch.topk(per_head, hidden // teacher_heads, dim=1).indices, dim=1).values
+                inner[layer] = (top + torch.arange(teacher_heads)[:, None] * (teacher_hidden // teacher_heads)).flatten()
+            else:
+                inner[layer] = torch.sort(torch.topk(rows, hidden).indices).values
+            usage = state[f"{layer}intermediate.dense.weight"].pow(2).sum(1) + state[f"{layer}output.dense.weight"].pow(2).sum(0)
+            neurons[layer] = torch.sort(torch.topk(usage, config.intermediate_size).indices).values
     target = student.state_dict()
     result = {}
     for key, value in state.items():
@@ -383,9 +403,15 @@ def _narrow(state: dict, student: TextClassifier, teacher: TextClassifier, confi
         for axis in range(value.dim()):
             if value.shape[axis] == want[axis]:
                 continue
-            qkv = layer is not None and ".attention.self." in key and axis == 0
-            out_in = layer is not None and key.startswith(f"{layer}attention.output.dense.weight") and axis == 1
-            value = value.index_select(axis, inner[layer] if qkv or out_in else kept)
+            if layer is not None and (".attention.self." in key and axis == 0
+                                      or key.startswith(f"{layer}attention.output.dense.weight") and axis == 1):
+                index = inner[layer]
+            elif layer is not None and (key.startswith(f"{layer}intermediate.dense.") and axis == 0
+                                        or key == f"{layer}output.dense.weight" and axis == 1):
+                index = neurons[layer]
+            else:
+                index = kept
+            value = value.index_select(axis, index)
         result[key] = value.clone()
     return result
 

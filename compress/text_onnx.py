@@ -456,7 +456,11 @@ def choose_text_candidate(fp32_path: Path, candidates: dict[str, Path], val: dic
 # --- benchmark figures -------------------------------------------------------------------------------
 def latency_feed(session, samples: dict[str, np.ndarray], seq_length: int, batch: int = 1) -> dict[str, np.ndarray]:
     """``batch`` rows of exactly ``seq_length`` real token ids (the first sample's tokens repeated), mask all ones."""
-    names = [i.name for i in session.get_inputs()]
+    return token_feed([i.name for i in session.get_inputs()], samples, seq_length, batch)
+
+
+def token_feed(names: list[str], samples: dict[str, np.ndarray], seq_length: int, batch: int = 1) -> dict[str, np.ndarray]:
+    """``latency_feed`` for a model taking the inputs ``names``."""
     _check_samples(samples, names, "the latency samples")
     mask = samples["attention_mask"][0] if "attention_mask" in samples else np.ones_like(samples["input_ids"][0])
     tokens = samples["input_ids"][0][mask.astype(bool)]

@@ -198,6 +198,16 @@ def prune_heads(model: TextClassifier, amount: float, data: Dataset, ffn_amount:
     return HeadPruneResult(heads_before, head_counts(model), ffn_before, ffn_sizes(model), removed_heads, worst)
 
 
+def keep_first(model: TextClassifier, heads: int, neurons: int) -> None:
+    """Keep the first ``heads`` attention heads and ``neurons`` FFN neurons of every layer, in place: an untrained
+    model shaped like a pruned one, for timing (``compress search``)."""
+    for layer, count, size in zip(model.layers(), head_counts(model), ffn_sizes(model)):
+        if heads < count:
+            _remove_heads(model, layer, list(range(heads, count)), count)
+        if neurons < size:
+            _remove_neurons(model, layer, list(range(neurons, size)))
+
+
 def _remove_heads(model: TextClassifier, layer: nn.Module, heads: list[int], count: int) -> None:
     layout = model.layout
     query = layer.get_submodule(layout.query)

@@ -39,6 +39,8 @@ class DistillConfig:
     # Text data only (student, mode, init_from_teacher, hint and train above are for images):
     student_layers: int = 0  # transformer layers of the student; 0 = half the teacher's
     student_hidden: int = 0  # hidden size of the student; 0 = the teacher's (narrower keeps its most used dimensions)
+    student_heads: int = 0  # attention heads of the student (must divide its hidden size); 0 = the teacher's
+    student_ffn: int = 0  # FFN inner size of the student; 0 = the teacher's (narrower keeps its largest neurons)
     student_init: str = "teacher"  # teacher: embeddings and evenly spaced teacher layers copied; random: from scratch
     hidden_weight: float = 0.0  # TinyBERT hidden-state MSE (through a learned projection); 0 = off
     attention_weight: float = 0.0  # TinyBERT attention-map MSE; 0 = off
@@ -52,9 +54,10 @@ class DistillConfig:
                 raise ValueError(f"distill.{name} must be within [0, 1], got {getattr(self, name)}")
         if self.mode not in MODES:
             raise ValueError(f"distill.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.student_layers < 0 or self.student_hidden < 0:
-            raise ValueError(f"distill.student_layers and student_hidden must be >= 0 (0 = the default), got "
-                             f"{self.student_layers} and {self.student_hidden}")
+        sizes = {n: getattr(self, n) for n in ("student_layers", "student_hidden", "student_heads", "student_ffn")}
+        negative = [f"{n}={v}" for n, v in sizes.items() if v < 0]
+        if negative:
+            raise ValueError(f"distill.{negative[0]}: student sizes must be >= 0 (0 = the default)")
         if self.student_init not in ("teacher", "random"):
             raise ValueError(f"distill.student_init must be 'teacher' or 'random', got {self.student_init!r}")
         if self.hidden_weight < 0 or self.attention_weight < 0:
@@ -110,7 +113,8 @@ def run_text(cfg: DistillConfig, inputs: dict[str, Path], data: Dataset, out_dir
     teacher = load_model(teacher_path)
     check_inputs(teacher, data)
     seed_everything(cfg.text_train.seed)
-    student, init_note = make_student(teacher, cfg.student_layers or None, cfg.student_hidden or None, cfg.student_init)
+    student, init_note = make_student(teacher, cfg.student_layers or None, cfg.student_hidden or None, cfg.student_init,
+                                      cfg.student_heads or None, cfg.student_ffn or None)
     initial_state = copy.deepcopy(student.state_dict())
     result = distill_text(student, teacher, data, cfg.text_train, cfg.temperature, cfg.alpha, cfg.hidden_weight,
                           cfg.attention_weight)

@@ -44,6 +44,15 @@ def test_cuda_on_a_machine_without_it_is_one_line_and_writes_nothing(tmp_path):
         resolve_device("cuda:1")
 
 
+def test_device_sets_every_training_section_image_and_text():
+    from compress.cli import _config
+
+    cfg = _config(None, [], device="cpu")
+    trains = (cfg.teacher.train, cfg.distill.train, cfg.prune.finetune, cfg.teacher.text_train, cfg.distill.text_train,
+              cfg.prune.text_finetune)
+    assert [t.device for t in trains] == ["cpu"] * 6
+
+
 def test_device_and_precision_values_are_checked():
     with pytest.raises(ValueError, match="train.device must be auto, cpu, cuda or cuda:N"):
         TrainConfig(device="gpu")

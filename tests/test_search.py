@@ -18,6 +18,8 @@ from compress.search import (
     Structure,
     UntrainedTimer,
     fit_latency_model,
+    image_builder,
+    image_feed,
     pareto_front,
     parse_budget,
     prefilter,
@@ -47,6 +49,7 @@ TINY = ["data.source=digits", "teacher.source=train", 'teacher.model.arch="mlp"'
     ("search.eta=1", "search.eta must be >= 2"),
     ("search.max_epochs=1", r"max_epochs \(1\) must be >= search.min_epochs \(3\)"),
     ("search.budget=3", "unknown config key search.budget"),
+    ("search.workers=0", "search.workers must be >= 1"),
 ])
 def test_invalid_search_config_is_one_line(override, message):
     extra = ["search.min_epochs=3"] if "max_epochs" in override else []
@@ -92,7 +95,7 @@ def test_prefilter_drops_a_structure_over_budget_measured(tmp_path):
     """A tiny and a huge untrained structure, timed for real; a budget between them keeps only the tiny one."""
     cfg = SearchConfig(archs=["mlp", "resnet"], widths=[0.1], prune_amounts=[0.2], formats=["fp32", "int8"], rounds=3)
     tiny, huge = Structure("mlp", 0.1, 0, 0.2), Structure("resnet", 4.0, 0, 0.2)
-    timer = UntrainedTimer(tmp_path, *DIGITS, Target(), cfg, "macs")
+    timer = UntrainedTimer(tmp_path, image_builder(*DIGITS, "macs", cfg), image_feed(DIGITS[0], 0), Target(), cfg)
     fast, slow = timer.measure(tiny), timer.measure(huge)
     assert slow["fp32"]["p50_ms"] > 10 * fast["fp32"]["p50_ms"]
     assert slow["int8"]["size_bytes"] < slow["fp32"]["size_bytes"] / 2
@@ -165,6 +168,8 @@ def test_cli_impossible_budget_exits_2_with_one_line(tmp_path):
 def test_cli_bad_budget_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "s"), "--budget", "latency=3"])
     assert result.exit_code == 2 and "must be p50_ms=MS or size_kb=KB" in result.output
+    result = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "s"), "--budget", "p50_ms=1", "--workers", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output
 
 
 @pytest.mark.slow
@@ -180,11 +185,11 @@ def test_real_search_resumes_after_an_interruption(tmp_path, monkeypatch):
     real = search_cli.run_pipeline
     seen = []
 
-    def interrupted(cfg, run_dir, resume=False, force=False):
+    def interrupted(cfg, run_dir, resume=False, force=False, train_only=False):
         if len(seen) == 2:
             raise KeyboardInterrupt
         seen.append(run_dir)
-        return real(cfg, run_dir, resume=resume, force=force)
+        return real(cfg, run_dir, resume=resume, force=force, train_only=train_only)
 
     monkeypatch.setattr(search_cli, "run_pipeline", interrupted)
     monkeypatch.chdir(tmp_path.parent)  # a relative --out, as users give it: manifests then hold relative paths
@@ -199,3 +204,45 @@ def test_real_search_resumes_after_an_interruption(tmp_path, monkeypatch):
     assert again["winner"]["name"] == first["winner"]["name"] and again["winner"]["reused"]
     assert (tmp_path / "search.md").is_file()
     assert (tmp_path / "candidates" / first["winner"]["name"].rsplit("-", 1)[0] / "e2" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_parallel_workers_train_the_same_candidates_as_one_process(tmp_path):
+    """workers=2 trains rung 1's two structures side by side, then times them one at a time: the same
+    accuracies per candidate and rung (one torch thread per process either way, so the same arithmetic) and the
+    same winner as workers=1."""
+    space = ['search.archs=["mlp"]', "search.widths=[0.25, 0.5]", "search.prune_amounts=[0.3]", "search.min_epochs=1",
+             "search.eta=2", "search.max_epochs=2", "search.rounds=2", "threads=1"]
+
+    def search(workers, folder):
+        def load(extra):
+            return load_config(None, [*TINY, *space, f"search.workers={workers}", *extra])
+        return search_cli.run(load, tmp_path / folder, ["p50_ms=1000"], log=lambda _: None)
+
+    def accuracies(state):
+        return {name: [(r["epochs"], r["val_accuracy"], r["test_accuracy"]) for r in c["rungs"]]
+                for name, c in state["candidates"].items()}
+
+    one, two = search(1, "one"), search(2, "two")
+    assert accuracies(two) == accuracies(one)
+    assert two["winner"]["name"] == one["winner"]["name"]
+    assert sum(len(c["rungs"]) for c in two["candidates"].values()) == 6  # 2 structures x 2 formats, then 1 x 2
+    assert all(r["run_dir"].startswith(str(tmp_path / "two")) for c in two["candidates"].values() for r in c["rungs"])
+    # the workers trained; this process only completed each run, reusing what they trained
+    manifest = json.loads((tmp_path / "two" / "candidates" / "mlp-w0.25-d0-p0.3" / "e1" / "manifest.json").read_text())
+    assert {n: s["status"] for n, s in manifest["stages"].items()} == {
+        "teacher": "reused", "distill": "reused", "prune": "reused", "export": "done", "quantize": "done",
+        "benchmark": "done"}
+
+
+@pytest.mark.slow
+def test_a_worker_error_is_one_line_naming_the_candidate(tmp_path):
+    """A CompressError raised in a spawned worker comes back as the same one line, prefixed by the candidate."""
+    cfg = load_config(None, TINY)
+    runs = {}
+    for name in ("mlp-w1-d0-p0.3", "mlp-w2-d0-p0.3"):
+        runs[name] = (tmp_path / f"{name}-file", cfg)
+        runs[name][0].write_text("a file where the run folder goes")
+    with pytest.raises(CompressError, match=r"^search candidate mlp-w[12]-d0-p0.3 \(.*-file\): --out .* is a file") as info:
+        search_cli.train_in_parallel(runs, 2)
+    assert "\n" not in str(info.value)

@@ -245,6 +245,39 @@ def test_student_starts_from_every_other_teacher_layer(teacher):
     assert narrow(torch.from_numpy(np.zeros((1, 3, 16), np.int64))).shape == (1, 3)
 
 
+def test_student_heads_and_ffn_width(teacher, tmp_path):
+    """Fewer heads and a narrower FFN: the student's config says so, the teacher's largest FFN neurons are copied
+    (in their order), the attention projections are the teacher's own; a checkpoint rebuilds it exactly."""
+    model, _ = teacher
+    student, note = make_student(model, layers=2, heads=2, ffn=32)
+    config = student.hf.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (2, 32, 2, 32)
+    assert "32 largest of 64 FFN neurons" in note and "split into 2 instead of 4 heads" in note
+    t_state, s_state = model.state_dict(), student.state_dict()
+    t_in, s_in = (state["hf.bert.encoder.layer.{}.intermediate.dense.weight".format(i)] for state, i in ((t_state, 2), (s_state, 1)))
+    usage = t_in.pow(2).sum(1) + t_state["hf.bert.encoder.layer.2.output.dense.weight"].pow(2).sum(0)
+    chosen = torch.sort(torch.topk(usage, 32).indices).values
+    assert torch.equal(s_in, t_in[chosen])
+    key = "hf.bert.encoder.layer.1.attention.self.query.weight"
+    assert torch.equal(s_state[key], t_state[key.replace("layer.1", "layer.2")])
+    x = torch.from_numpy(np.zeros((1, 3, 16), np.int64))
+    save_model(student, tmp_path / "student.safetensors")
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "student.safetensors").eval()(x), student.eval()(x))
+    both, note = make_student(model, layers=1, hidden=24, heads=2, ffn=48)  # 24 does not split into the teacher's 4 heads
+    assert both.hf.config.hidden_size == 24 and "24 most important of 32" in note
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"hidden": 30, "heads": 4}, "hidden size 30 is not a multiple of its head count 4"),
+    ({"ffn": 128}, r"must be at most the teacher's sizes \(hidden 32, 4 heads, FFN 64\)"),
+    ({"heads": 8}, "must be at most the teacher's"),
+])
+def test_student_sizes_are_checked(teacher, sizes, message):
+    with pytest.raises(CompressError, match=message):
+        make_student(teacher[0], layers=2, **sizes)
+
+
 def test_distillation_uses_the_shared_kd_loss(monkeypatch, topics, teacher):
     import compress.distillation as distillation
 
