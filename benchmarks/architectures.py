@@ -79,11 +79,16 @@ def quantize_child(args) -> None:
                                name=Path(args.output).stem).metrics
         result.update(decision=metrics["decision"], candidate=metrics["candidate"],
                       val_drop_points=metrics["val_drop_points"], fp32_nodes=len(metrics["fp32_nodes"]),
+                      attempts=len(metrics["attempts"]),
                       skipped=[s["candidate"] for s in metrics["skipped_candidates"]])
     except CompressError as exc:
         result = {"ok": False, "error": str(exc)}
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    # CPU seconds (user + system) of this process and the timing worker it started: on a shared machine the
+    # wall time stretches with the load, the CPU time much less
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    result["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)
     print("RESULT " + json.dumps(result))
 
 
@@ -156,6 +161,10 @@ def _checked(result: dict) -> dict:
     return result
 
 
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(document: dict) -> str:
     quick = document["quick"]
     lines = [f"# Architectures through every stage{' (QUICK smoke run: small widths, not the real-width table)' if quick else ''}\n",
@@ -165,16 +174,19 @@ def markdown(document: dict) -> str:
              f"{document['image_size']}x{document['image_size']} RGB, random weights (BatchNorm statistics from real "
              "batches), synthetic .npz data: accuracy is meaningless here; structure, speed and memory are not. "
              "int8/fp32: p50 ratio at batch 1, one thread, timed interleaved (below 1 = int8 faster). Quantize time "
-             "and peak RSS: the auto-mode run (default config, 256 calibration samples) in a fresh process.\n",
-             "| family | params | MMACs | " + " | ".join(STAGE_NAMES) + " | int8/fp32 | quantize s | quantize peak MB |",
-             "|---|---|---|" + "---|" * len(STAGE_NAMES) + "---|---|---|"]
+             "and peak RSS: the auto-mode run (default config, 256 calibration samples) in a fresh process; CPU s: its "
+             "user + system CPU time (with its timing worker); attempts: the int8 models it built and scored (more "
+             "than one per candidate when the accuracy-aware search ran).\n",
+             "| family | params | MMACs | " + " | ".join(STAGE_NAMES) + " | int8/fp32 | quantize s | quantize CPU s | quantize peak MB | attempts |",
+             "|---|---|---|" + "---|" * len(STAGE_NAMES) + "---|---|---|---|---|"]
     for row in document["results"]:
         stages, auto = row["stages"], row["stages"].get("quantize_auto", {})
         ratio = stages.get("benchmark", {}).get("int8_fp32_ratio")
         cells = ["-" if name not in stages else "pass" if stages[name]["ok"] else "**FAIL**" for name in STAGE_NAMES]
         lines.append(f"| {row['family']} | {row['params']:,} | {row['macs'] / 1e6:.1f} | " + " | ".join(cells) +
                      f" | {'-' if ratio is None else f'{ratio:.2f}'} | {auto.get('seconds', 0):.1f} | "
-                     f"{auto.get('peak_rss_mb', 0):.0f} |")
+                     f"{_cell(auto.get('cpu_seconds'), '.1f')} | {auto.get('peak_rss_mb', 0):.0f} | "
+                     f"{_cell(auto.get('attempts'), 'd')} |")
     failures = [(row["family"], name, s["error"]) for row in document["results"] for name, s in row["stages"].items()
                 if not s["ok"]]
     if failures:

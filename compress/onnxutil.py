@@ -99,10 +99,13 @@ EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
 
 def make_session(path: str | Path, provider: str = "cpu", threads: int = 1, inter_op_threads: int = 1,
                  optimization: str = "all", profile_prefix: str | None = None,
-                 provider_options: dict | None = None, execution_mode: str = "sequential") -> ort.InferenceSession:
-    """A session on ``provider`` (falling back to CPU for nodes it cannot run); 0 threads = onnxruntime's default."""
+                 provider_options: dict | None = None, execution_mode: str = "sequential",
+                 memory_arena: bool = True) -> ort.InferenceSession:
+    """A session on ``provider`` (falling back to CPU for nodes it cannot run); 0 threads = onnxruntime's default.
+    Without ``memory_arena`` freed CPU tensors go back to the system instead of onnxruntime's arena."""
     load_onnx(path)
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = getattr(ort.ExecutionMode, EXECUTION_MODES[execution_mode])

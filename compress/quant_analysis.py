@@ -302,26 +302,18 @@ def largest_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], count: in
 
 
 def tensor_errors(fp32_path: Path, quantized_path: Path, samples: np.ndarray, input_name: str, tmp_dir: Path,
-                  params: dict[str, dict], batch_size: int = 8) -> dict:
-    """Per float tensor of the fp32 model: ``sqnr_db``, the quantized model's value (after the tensor's own
-    quantize/dequantize when it has one) against fp32, errors of earlier layers included; and for quantized
-    activations ``rounding_sqnr_db``, the fp32 values against their own rounding with the tensor's scale and
-    zero point: the error that tensor adds by itself. One augmented session per model (every intermediate
-    tensor an output) runs ``batch_size`` samples at a time; only sums of squares are kept between batches,
-    so memory does not grow with the sample count."""
-    from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+                  params: dict[str, dict], batch_size: int = 4, tensors: set[str] | None = None) -> dict:
+    """Per float tensor of the fp32 model (those in ``tensors``, else all): ``sqnr_db``, the quantized model's
+    value (after the tensor's own quantize/dequantize when it has one) against fp32, errors of earlier layers
+    included; and for quantized activations ``rounding_sqnr_db``, the fp32 values against their own rounding with
+    the tensor's scale and zero point: the error that tensor adds by itself. One augmented session per model (the
+    tensors compared made outputs) runs ``batch_size`` samples at a time; only sums of squares are kept between
+    batches, so memory does not grow with the sample count."""
     from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 
-    from compress.onnxutil import make_session
-
-    sessions = {}
-    for label, path in (("fp32", fp32_path), ("quantized", quantized_path)):
-        augmented = tmp_dir / f"augmented_{label}.onnx"
-        modify_model_output_intermediate_tensors(str(path), str(augmented))
-        sessions[label] = make_session(augmented, "cpu", 0)
-    saved = "_ReshapedSavedOutput"  # the suffix onnxruntime's debugger gives each saved tensor
-    names = {label: [o.name for o in session.get_outputs()] for label, session in sessions.items()}
-    quantized = {name.removesuffix(saved) for name in names["quantized"] if name.endswith(saved)}
+    fp32_saved = _saved_tensors(fp32_path, tmp_dir / "augmented_fp32.onnx")
+    quantized_saved = _saved_tensors(quantized_path, tmp_dir / "augmented_quantized.onnx")
+    quantized = set(quantized_saved)
     # onnxruntime's activation matching: the value after a tensor's own quantize/dequantize pair
     post_qdq = {}
     for name in quantized:
@@ -330,18 +322,23 @@ def tensor_errors(fp32_path: Path, quantized_path: Path, samples: np.ndarray, in
                 pre = name[:-len(suffix)]
                 if pre in quantized:
                     post_qdq[pre] = pre if suffix == QUANT_INPUT_SUFFIX else name
+    compared = [name for name in fp32_saved if tensors is None or name in tensors]
+    counterparts = {name: post_qdq.get(name, name if name in quantized else None) for name in compared}
+    sessions = {"fp32": _saving_session(tmp_dir / "augmented_fp32.onnx", compared),
+                "quantized": _saving_session(tmp_dir / "augmented_quantized.onnx",
+                                             sorted({c for c in counterparts.values() if c is not None}))}
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
     rounding_noise: dict[str, float] = {}
     shapes_match: dict[str, bool] = {}
     for start in range(0, len(samples), batch_size):
         feed = {input_name: np.ascontiguousarray(samples[start:start + batch_size], dtype=np.float32)}
-        values = {label: {name.removesuffix(saved): value for name, value in zip(names[label], session.run(None, feed))
-                          if name.endswith(saved)} for label, session in sessions.items()}
+        values = {label: dict(zip(names, session.run([n + _SAVED for n in names], feed)))
+                  for label, (session, names) in sessions.items()}
         for name, reference in values["fp32"].items():
             reference = reference.astype(np.float64)
             signal[name] = signal.get(name, 0.0) + float(np.sum(reference ** 2))
-            counterpart = post_qdq.get(name, name if name in values["quantized"] else None)
+            counterpart = counterparts[name]
             if counterpart is not None:
                 other = values["quantized"][counterpart]
                 if other.shape == reference.shape and shapes_match.get(name, True):
@@ -352,6 +349,7 @@ def tensor_errors(fp32_path: Path, quantized_path: Path, samples: np.ndarray, in
             if entry and isinstance(entry["scale"], float) and entry["zero_point"] is not None:
                 rounded = fake_quantize(reference, entry["scale"], entry["zero_point"], entry["type"])
                 rounding_noise[name] = rounding_noise.get(name, 0.0) + float(np.sum((reference - rounded) ** 2))
+        del values
     errors = {}
     for name, total in signal.items():
         if name in noise and shapes_match.get(name, True):
@@ -359,6 +357,37 @@ def tensor_errors(fp32_path: Path, quantized_path: Path, samples: np.ndarray, in
         if name in rounding_noise:
             errors.setdefault(name, {})["rounding_sqnr_db"] = _sqnr_from_sums(total, rounding_noise[name])
     return errors
+
+
+_SAVED = "_ReshapedSavedOutput"  # the suffix onnxruntime's debugger gives each saved tensor
+
+
+def _saved_tensors(path: Path, augmented: Path) -> list[str]:
+    """Write ``path`` with every float tensor saved as an output (onnxruntime's debugger) to ``augmented``;
+    returns the saved tensors' names."""
+    from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+
+    modify_model_output_intermediate_tensors(str(path), str(augmented))
+    model = onnx.load(str(augmented), load_external_data=False)
+    return [o.name.removesuffix(_SAVED) for o in model.graph.output if o.name.endswith(_SAVED)]
+
+
+def _saving_session(augmented: Path, names: list[str]):
+    """A session on ``augmented`` that saves only ``names``: the other saved outputs and their Reshape nodes are
+    dropped, so onnxruntime frees those tensors as usual. Its memory arena is off: an arena would keep the
+    largest batch's memory until the session goes."""
+    from compress.onnxutil import make_session
+
+    model = onnx.load(str(augmented))
+    kept = {name + _SAVED for name in names}
+    outputs = [o for o in model.graph.output if not o.name.endswith(_SAVED) or o.name in kept]
+    nodes = [n for n in model.graph.node if not (n.output and n.output[0].endswith(_SAVED)) or n.output[0] in kept]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(augmented))
+    return make_session(augmented, "cpu", 0, memory_arena=False), names
 
 
 def _sqnr_from_sums(signal: float, noise: float) -> float:
@@ -428,6 +457,28 @@ def layer_rows(fp32: onnx.ModelProto, analysed: list[str], sensitivity: list[dic
             "share_of_drop": sensitive.get("share_of_drop"),
         })
     return rows
+
+
+def row_tensors(fp32: onnx.ModelProto, nodes: set[str]) -> set[str]:
+    """The tensors whose errors the rows of ``nodes`` show: each node's input activation and output, and the
+    output of a single Relu/Clip after it (where QDQ folds that into the node's range)."""
+    initializers = {init.name for init in fp32.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in fp32.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    wanted = set()
+    for node in fp32.graph.node:
+        if node.name not in nodes:
+            continue
+        wanted.add(next((name for name in node.input if name and name not in initializers), ""))
+        if node.output:
+            wanted.add(node.output[0])
+            after = consumers.get(node.output[0], [])
+            if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+                wanted.add(after[0].output[0])
+    wanted.discard("")
+    return wanted
 
 
 def _output_tensor(model: onnx.ModelProto, node: onnx.NodeProto, errors: dict) -> str:

@@ -52,6 +52,12 @@ CANDIDATES = {"u8s8_qdq": ("qdq", "uint8", "int8"), "s8s8_qdq": ("qdq", "int8", 
 # Dynamic mode's default op types (Gemm is rewritten as MatMul + Add first). Conv becomes ConvInteger,
 # which onnxruntime's CPU provider runs only with uint8 weights, and slowly: add it to op_types on purpose.
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM"]
+# Samples per onnxruntime run when calibrating and in the layer report's per-tensor pass. Those runs keep many
+# intermediate tensors alive, so memory grows with the batch (a 5M-parameter ViT at 32x32: MinMax calibration
+# peaked at 2.5 GB with batches of 32, 1 GB with 8; every tensor of the report's pass is ~36 MB per sample in
+# fp32, twice that in QDQ), while larger batches barely run faster.
+CALIBRATION_BATCH = 8
+REPORT_BATCH = 4
 
 
 @dataclass
@@ -87,7 +93,7 @@ class QuantizeConfig:
     report_sensitivity: bool = False  # layer report: also the single-node (*alone*) columns, one quantizer run per node
     # (they come for free when the accuracy-aware search has ranked the nodes)
     sensitivity_nodes: int = 8  # single-node analysis (fallback ranking, report) covers the largest N nodes by weights
-    calibration_chunk: int = 64  # calibration samples whose activations are held at once (bounds peak memory)
+    calibration_chunk: int = 16  # calibration samples whose activations are held at once (bounds peak memory)
     seed: int = 0  # which training samples calibrate
     # Text models only: auto measures these (dynamic/static modes build dynamic_int8/static_u8s8_qdq alone).
     text_candidates: list[str] = field(default_factory=lambda: ["dynamic_int8", "static_u8s8_qdq", "int4_weight_only"])
@@ -343,7 +349,9 @@ class QuantizationJob:
         """The model quantized as asked, checked by onnx.checker (each distinct build made once); every build is
         then loaded into an onnxruntime session by ``logits``, which also rejects graphs onnxruntime refuses."""
         cfg = self.cfg
-        key = (variant, method, tuple(sorted(exclude)), None if only is None else tuple(sorted(only)))
+        # by what is built, not the variant's name: a QOperator candidate's QDQ twin is the QDQ candidate's build
+        key = (variant.kind, variant.format, variant.activation_type, variant.weight_type, method,
+               tuple(sorted(exclude)), None if only is None else tuple(sorted(only)))
         if key in self._built:
             return self._built[key]
         self._builds += 1
@@ -400,7 +408,7 @@ class QuantizationJob:
         return path
 
     def reader(self, x: np.ndarray) -> CalibrationReader:
-        return CalibrationReader(x, self.input_name, 1 if self.fixed_batch else 32)
+        return CalibrationReader(x, self.input_name, 1 if self.fixed_batch else CALIBRATION_BATCH)
 
     def logits(self, path: Path, count: int | None = None) -> np.ndarray:
         """Validation logits (the first ``count`` samples, else all)."""
@@ -600,9 +608,10 @@ class QuantizationJob:
         model_path = chosen["path"] if numerics == variant else self.build(numerics, method, list(chosen["fp32_nodes"]))
         samples = self.data.val.x[:self.cfg.report_samples]
         params = qa.quantization_params(onnx.load(str(model_path)))
+        shown = qa.row_tensors(self.source_model, set(analysed) | set(chosen["fp32_nodes"]))
         with _quiet():
             errors = qa.tensor_errors(self.source, model_path, samples, self.input_name, self.tmp, params,
-                                      1 if self.fixed_batch else 8)
+                                      1 if self.fixed_batch else REPORT_BATCH, tensors=shown)
         rows = qa.layer_rows(self.source_model, analysed, sensitivity, errors, params, chosen["fp32_nodes"])
         markdown, plot = report_paths(output)
         notes = [f"Model `{self.model_path.name}` -> `{output.name}`: {variant.name} ({variant.types}), "
