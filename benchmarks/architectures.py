@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,34 +36,12 @@ from compress.errors import CompressError  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
 from compress.metrics import model_stats  # noqa: E402
 from compress.onnx_export import ExportConfig  # noqa: E402
+from compress.synthetic import calibrated_model, class_brightness_npz  # noqa: E402
 from compress.train import TrainConfig  # noqa: E402
-from compress.zoo import ModelSpec, build_model  # noqa: E402
+from compress.zoo import ModelSpec  # noqa: E402
 from stages import benchmark, export, prune, quantize  # noqa: E402
 
 STAGE_NAMES = ("export", "quantize_auto", "quantize_aware", "benchmark", "prune_30", "prune_50")
-
-
-def synthetic_npz(path: Path, size: int, count: int) -> Path:
-    rng = np.random.default_rng(0)
-    y = np.arange(count) % 10
-    x = np.clip(rng.integers(0, 160, (count, size, size, 3)) + 9 * y[:, None, None, None], 0, 255).astype(np.uint8)
-    np.savez(path, x=x, y=y)
-    return path
-
-
-def calibrated_model(arch: str, width: float, depth: int | None, data) -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(arch, width, depth), data.input_shape, data.num_classes)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.momentum = None
-    model.train()
-    with torch.no_grad():
-        for start in range(0, 256, 32):
-            model(torch.from_numpy(data.train.x[start:start + 32]))
-    for norm in norms:
-        norm.momentum = 0.1
-    return model.eval()
 
 
 def quantize_child(args) -> None:
@@ -109,7 +85,7 @@ def one_family(arch: str, args, data, data_path: Path, work: Path) -> dict:
     folder.mkdir()
     # DenseNet-121 with one layer per block is mostly its protected 7x7 stem: keep its published depth
     depth = None if args.quick and arch == "densenet121" else args.depth
-    model = calibrated_model(arch, args.width, depth, data)
+    model = calibrated_model(ModelSpec(arch, args.width, depth), data, 256)
     row.update(model_stats(model, data.input_shape))
     checkpoint = folder / "model.safetensors"
     save_model(model, checkpoint)
@@ -224,7 +200,7 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="architectures-") as tmp:
         work = Path(tmp)
-        data_path = synthetic_npz(work / "rgb.npz", args.image_size, args.samples)
+        data_path = class_brightness_npz(work / "rgb.npz", args.image_size, args.samples)
         data = load_dataset(DataConfig(source=str(data_path)))
         results = []
         for arch in args.families:  # written after every family: a long run that is stopped keeps what it measured

@@ -9,10 +9,8 @@ benchmarks/results/pipeline_seeds.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compress.config import load_config  # noqa: E402
+from benchmarks._seeds import seed_parser, seed_runs  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
-from compress.pipeline import run_pipeline  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
 
 ARTIFACTS = ("teacher", "student_baseline", "student", "pruned", "int8")
@@ -31,21 +28,11 @@ LABELS = {"teacher": "teacher (packaged)", "student_baseline": "student without 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "pipeline_seeds")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_seeds")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
-    args = parser.parse_args()
-
-    runs = []
-    for seed in args.seeds:
-        overrides = ["distill.baseline=true", f"distill.train.seed={seed}", f"prune.finetune.seed={seed}",
-                     f"quantize.seed={seed}", *args.overrides]
-        started = time.perf_counter()
-        manifest = run_pipeline(load_config(None, overrides), args.work / f"seed{seed}", force=True)
-        runs.append({"seed": seed, "wall_s": time.perf_counter() - started, "results": manifest["results"],
-                     "ship": manifest["ship"]["artifact"]})
+    args = seed_parser(__doc__.splitlines()[0], "pipeline_seeds", [0, 1, 2]).parse_args()
+    runs = [{"seed": seed, "wall_s": wall_s, "results": manifest["results"], "ship": manifest["ship"]["artifact"]}
+            for seed, manifest, wall_s in seed_runs(args.seeds, args.work, lambda seed: [
+                "distill.baseline=true", f"distill.train.seed={seed}", f"prune.finetune.seed={seed}",
+                f"quantize.seed={seed}", *args.overrides])]
 
     summary = {}
     for name in ARTIFACTS:

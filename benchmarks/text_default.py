@@ -10,10 +10,8 @@ shuffling and the calibration samples. Writes benchmarks/results/text_default.{j
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compress.config import load_config  # noqa: E402
+from benchmarks._seeds import seed_parser, seed_runs  # noqa: E402
 from compress.fsutil import write_json, write_text  # noqa: E402
-from compress.pipeline import run_pipeline  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
 
 ARTIFACTS = ("teacher", "student_baseline", "student", "pruned", "int8")
@@ -44,21 +41,15 @@ def targets(manifest: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = seed_parser(__doc__.splitlines()[0], "text_default", [0])
     parser.add_argument("--baseline", action="store_true", help="also train the student without distillation")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "text_default")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_default")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     args = parser.parse_args()
 
     runs = []
-    for seed in args.seeds:
-        overrides = ["data.source=bbc-news", f"distill.text_train.seed={seed}", f"prune.text_finetune.seed={seed}",
-                     f"quantize.seed={seed}", *(["distill.baseline=true"] if args.baseline else []), *args.overrides]
-        started = time.perf_counter()
-        manifest = run_pipeline(load_config(None, overrides), args.work / f"seed{seed}", force=True)
-        runs.append({"seed": seed, "wall_s": round(time.perf_counter() - started, 1), "results": manifest["results"],
+    for seed, manifest, wall_s in seed_runs(args.seeds, args.work, lambda seed: [
+            "data.source=bbc-news", f"distill.text_train.seed={seed}", f"prune.text_finetune.seed={seed}",
+            f"quantize.seed={seed}", *(["distill.baseline=true"] if args.baseline else []), *args.overrides]):
+        runs.append({"seed": seed, "wall_s": round(wall_s, 1), "results": manifest["results"],
                      "tfidf_lr": manifest["baselines"]["tfidf_lr"],
                      "tfidf_lr_model_input": manifest["baselines"]["tfidf_lr_model_input"], "fusion": manifest["fusion"],
                      "quantize": manifest["stages"]["quantize"]["metrics"]["decision"], "ship": manifest["ship"]["artifact"],

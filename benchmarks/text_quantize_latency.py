@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compress.latency import Target, TimingRules, ratio_over_rounds, time_interleaved  # noqa: E402
 from compress.onnxutil import make_session  # noqa: E402
 from compress.sysinfo import environment  # noqa: E402
+from compress.text_models import BertShape, random_bert  # noqa: E402
 from compress.text_onnx import (  # noqa: E402
     TextExportConfig,
     TextQuantizeConfig,
@@ -33,25 +34,6 @@ from compress.text_onnx import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def bert(layers: int, hidden: int, vocab: int, seed: int):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    class Classifier(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                        intermediate_size=4 * hidden, max_position_embeddings=512, num_labels=5)
-    config._attn_implementation = "eager"  # SDPA attention does not fuse
-    return Classifier(BertForSequenceClassification(config)).eval()
 
 
 def main() -> None:
@@ -68,8 +50,9 @@ def main() -> None:
                "token_type_ids": np.zeros((64, 128), np.int64)}
     with tempfile.TemporaryDirectory(prefix="text-quantize-latency.") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export = export_text_model(bert(args.layers, args.hidden, args.vocab, 0), fp32, samples, TextExportConfig(),
-                                   [f"c{i}" for i in range(5)], 128)
+        # Eager attention (random_bert's default): the SDPA form does not fuse.
+        model = random_bert(args.vocab, 5, BertShape(args.layers, args.hidden, args.hidden // 64, 4 * args.hidden), 512)
+        export = export_text_model(model, fp32, samples, TextExportConfig(), [f"c{i}" for i in range(5)], 128)
         models = {"fp32": fp32, **build_text_candidates(fp32, samples, Path(tmp), TextQuantizeConfig(calibration_samples=32))}
         stats = {name: text_model_stats(path, 128) for name, path in models.items()}
         session = make_session(fp32)

@@ -33,6 +33,20 @@ def _capped(count: int, depth: int | None) -> int:
     return count if depth is None else max(1, min(count, depth))
 
 
+def _strided_stages(cin: int, widths: tuple[int, ...] | list[int], counts: tuple[int, ...], depth: int | None,
+                    block: Callable[[int, int, int], nn.Module]) -> tuple[list[nn.Sequential], int]:
+    """One nn.Sequential per stage: ``counts[i]`` blocks (capped by ``depth``) to ``widths[i]`` channels, built by
+    ``block(cin, cout, stride)`` with stride 2 for the first of each stage; returns them and the last width."""
+    stages = []
+    for cout, count in zip(widths, counts):
+        blocks = []
+        for index in range(_capped(count, depth)):
+            blocks.append(block(cin, cout, 2 if index == 0 else 1))
+            cin = cout
+        stages.append(nn.Sequential(*blocks))
+    return stages, cin
+
+
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
             activation: Callable[[], nn.Module] | None = None) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
@@ -361,13 +375,8 @@ class RegNetX(nn.Module):
         widths = [max(group, int(round(w * width / group)) * group) for w in (32, 64, 160, 400)]
         stem = max(8, int(round(32 * width)))
         self.stem = conv_bn(in_channels, stem, 3, 2, activation=nn.ReLU)
-        stages, previous = [], stem
-        for cout, count in zip(widths, (1, 2, 7, 12)):
-            blocks = []
-            for index in range(_capped(count, depth)):
-                blocks.append(RegNetXBlock(previous, cout, 2 if index == 0 else 1, group))
-                previous = cout
-            stages.append(nn.Sequential(*blocks))
+        stages, previous = _strided_stages(stem, widths, (1, 2, 7, 12), depth,
+                                           lambda cin, cout, stride: RegNetXBlock(cin, cout, stride, group))
         self.trunk_output = nn.Sequential(*stages)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(previous, num_classes)
@@ -555,13 +564,8 @@ class RepVGG(nn.Module):
         widths = [max(8, int(round(w * width))) for w in (48, 96, 192, 1280)]
         first = min(max(8, int(round(64 * width))), widths[0])
         self.stage0 = RepVGGBlock(in_channels, first, 2, deploy)
-        stages, previous = [], first
-        for cout, count in zip(widths, (2, 4, 14, 1)):
-            blocks = []
-            for index in range(_capped(count, depth)):
-                blocks.append(RepVGGBlock(previous, cout, 2 if index == 0 else 1, deploy))
-                previous = cout
-            stages.append(nn.Sequential(*blocks))
+        stages, previous = _strided_stages(first, widths, (2, 4, 14, 1), depth,
+                                           lambda cin, cout, stride: RepVGGBlock(cin, cout, stride, deploy))
         self.stage1, self.stage2, self.stage3, self.stage4 = stages
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(previous, num_classes)

@@ -224,7 +224,7 @@ def _image_spec(props: dict, source: Path) -> dict:
                             f"{channels} channel(s); re-export it with compress")
     return {"channels": channels, "height": pre["input_shape"][1], "width": pre["input_shape"][2],
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "classes": [str(c) for c in classes],
-            "pixel_scale": float(pre.get("pixel_scale", 1.0)), "resize_short_side": pre.get("resize_short_side")}
+            "pixel_scale": float(pre.get("pixel_scale", 1.0)), "resize_short_side": pre.get("resize_short_side"), "center_crop": pre.get("center_crop")}
 
 
 def _run_dataset(manifest: dict) -> Dataset:
@@ -320,12 +320,19 @@ def _output_signature(session: ort.InferenceSession) -> dict:
 
 
 def _preprocessing(spec: dict) -> dict:
-    short_side = spec.get("resize_short_side")
+    short_side, crop = spec.get("resize_short_side"), spec.get("center_crop")
+    if short_side:
+        resize = (f"bilinear (Pillow's), short side to resize_short_side ({short_side}) keeping the aspect ratio, then the "
+                  "centre width x height crop")
+    elif crop:
+        resize = "the centre width x height crop (center_crop); a smaller image is resized to width x height (bilinear)"
+    else:
+        resize = "bilinear (Pillow's) to width x height when the image has another size"
     return {
         "color": "L" if spec["channels"] == 1 else "RGB",
-        "resize": (f"bilinear, short side to resize_short_side ({short_side}) keeping the aspect ratio, then the "
-                   "centre width x height crop" if short_side else "bilinear to width x height when the image has another size"),
+        "resize": resize,
         **({"resize_short_side": short_side} if short_side else {}),
+        **({"center_crop": crop} if crop else {}),
         "pixel_divisor": 255.0,
         "mean": spec["mean"],
         "std": spec["std"],
@@ -349,10 +356,7 @@ def preprocess_image(path: Path, spec: dict) -> np.ndarray:
 
     with Image.open(path) as img:
         image = img.convert("L" if spec["channels"] == 1 else "RGB")
-    if spec.get("resize_short_side") and spec["width"] == spec["height"]:
-        image = resize_and_crop(image, spec["resize_short_side"], spec["width"])
-    elif image.size != (spec["width"], spec["height"]):
-        image = image.resize((spec["width"], spec["height"]), Image.BILINEAR)
+    image = fit_to_input(image, spec)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if needs_inversion(pixels, spec.get("background", "mixed")):
@@ -360,6 +364,20 @@ def preprocess_image(path: Path, spec: dict) -> np.ndarray:
     mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
     return ((pixels - mean) / std)[None].astype(np.float32)
+
+
+def fit_to_input(image, spec: dict):
+    """The bundle's resize rule (model.json's preprocessing.resize): the data path's short-side resize and centre
+    crop (compress.lazy_data.resize_and_crop); an image that still has another size is resized to the model's."""
+    from PIL import Image
+
+    short_side, size = spec.get("resize_short_side"), (spec["width"], spec["height"])
+    if short_side:
+        image = resize_and_crop(image, short_side, None)
+    if (short_side or spec.get("center_crop")) and image.size != size and image.width >= size[0] and image.height >= size[1]:
+        left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
+        image = image.crop((left, top, left + size[0], top + size[1]))
+    return image if image.size == size else image.resize(size, Image.BILINEAR)
 
 
 def needs_inversion(pixels: np.ndarray, background: str) -> bool:

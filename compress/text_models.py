@@ -222,6 +222,22 @@ def bert_config(data: Dataset, shape: BertShape):
                       id2label=dict(enumerate(data.class_names)), label2id={n: i for i, n in enumerate(data.class_names)})
 
 
+def random_bert(vocab_size: int, num_labels: int, shape: BertShape, max_positions: int, seed: int = 0,
+                attention: str = "eager") -> TextClassifier:
+    """An untrained BertForSequenceClassification of ``shape`` (weights from ``seed``) behind TextClassifier, for
+    tests and latency benchmarks; ``attention="sdpa"`` builds the form onnxruntime's optimizer cannot fuse."""
+    _offline()
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                        num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                        hidden_dropout_prob=shape.dropout, attention_probs_dropout_prob=shape.dropout,
+                        max_position_embeddings=max_positions, num_labels=num_labels)
+    config._attn_implementation = attention
+    return TextClassifier(BertForSequenceClassification(config)).eval()
+
+
 def build_teacher(data: Dataset, shape: BertShape | None = None, seed: int = 0) -> TextClassifier:
     seed_everything(seed)
     return build_classifier(bert_config(data, shape or BertShape()))

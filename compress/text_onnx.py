@@ -69,6 +69,7 @@ class TextQuantizeConfig:
 
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))  # which of CANDIDATES to build
     per_channel: bool = True  # one weight scale per output channel (dynamic and static)
+    reduce_range: bool = False  # dynamic and static: 7-bit weights, so u8s8 AVX2 kernels (x86 without VNNI) cannot saturate
     calibration_samples: int = 128  # static: real tokenized samples run through the model to calibrate
     int4_block_size: int = 32  # int4: weights share one scale per block of this many input rows (power of 2, >= 16)
     int4_symmetric: bool = True  # int4: zero point fixed at 0
@@ -402,12 +403,13 @@ def _build(name: str, source: Path, output: Path, calibration: dict, names: list
             if name == "dynamic_int8":
                 # shape inference cannot type com.microsoft outputs: tell the quantizer they are float
                 quantize_dynamic(str(source), str(output), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                                 reduce_range=cfg.reduce_range,
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             elif name == "static_u8s8_qdq":
                 quantize_static(str(source), str(output), TextCalibrationReader(calibration, names),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
-                                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                                reduce_range=cfg.reduce_range, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             else:
                 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

@@ -791,7 +791,7 @@ def run_text(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_di
     candidates = {"auto": cfg.text_candidates, "dynamic": ["dynamic_int8"], "static": ["static_u8s8_qdq"]}.get(cfg.mode)
     if candidates is None:
         raise CompressError(f"quantize.mode {cfg.mode!r} is not available for text models: use auto, dynamic or static")
-    text_cfg = TextQuantizeConfig(candidates=candidates, per_channel=cfg.per_channel,
+    text_cfg = TextQuantizeConfig(candidates=candidates, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                                   calibration_samples=cfg.calibration_samples, int4_block_size=cfg.int4_block_size)
     rng = np.random.default_rng(cfg.seed)
     calibration = text_run.samples(_rows(data.train, rng.permutation(len(data.train))[:cfg.calibration_samples]), names)

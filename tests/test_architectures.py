@@ -23,6 +23,7 @@ from compress.errors import CompressError
 from compress.onnx_export import ExportConfig, export_model
 from compress.onnxutil import make_session, metadata
 from compress.pruning import find_unsafe_layers, prune_copy
+from compress.synthetic import calibrated_model, class_brightness_npz
 from compress.train import TrainConfig
 from compress.zoo import ModelSpec, build_model, call_factory
 from stages import benchmark, export, prune, quantize
@@ -38,36 +39,15 @@ PUBLISHED_PARAMS = {"resnet18": 11.69e6, "resnet50": 25.56e6, "mobilenet_v3": 5.
                     "repvgg_deploy": 8.31e6, "vit_tiny": 5.72e6, "mobilevit": 5.58e6}
 
 
-def _npz(path, size: int, count: int, seed: int = 0):
-    """RGB uint8 images whose brightness depends on the class (so they are learnable), 10 classes."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(count) % 10
-    x = np.clip(rng.integers(0, 160, (count, size, size, 3)) + 9 * y[:, None, None, None], 0, 255).astype(np.uint8)
-    np.savez(path, x=x, y=y)
-    return path
-
-
 @pytest.fixture(scope="module")
 def rgb32(tmp_path_factory):
-    path = _npz(tmp_path_factory.mktemp("rgb32") / "rgb32.npz", 32, 300)
+    path = class_brightness_npz(tmp_path_factory.mktemp("rgb32") / "rgb32.npz", 32, 300)
     return load_dataset(DataConfig(source=str(path)))
 
 
 def _small(arch: str, data, depth: int | None = SMALL["depth"]) -> nn.Module:
-    """A small random model whose BatchNorm statistics come from real batches, so its activations and
-    predictions are spread out like a trained model's (random statistics give near-constant logits)."""
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(arch, SMALL["width"], depth), data.input_shape, data.num_classes)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.momentum = None
-    model.train()
-    with torch.no_grad():
-        for start in range(0, 128, 32):
-            model(torch.from_numpy(data.train.x[start:start + 32]))
-    for norm in norms:
-        norm.momentum = 0.1
-    return model.eval()
+    """A small random model with BatchNorm statistics from 128 real images (compress.synthetic)."""
+    return calibrated_model(ModelSpec(arch, SMALL["width"], depth), data, 128)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -285,7 +265,7 @@ def test_family_prunes_its_macs(arch, amount, rgb32, tmp_path):
 # ---- 224x224 RGB with ImageNet normalization, through the per-stage commands ---------------------------
 
 def test_imagenet_statistics_normalize_and_travel_with_the_model(tmp_path):
-    path = _npz(tmp_path / "rgb.npz", 16, 60)
+    path = class_brightness_npz(tmp_path / "rgb.npz", 16, 60)
     data = load_dataset(DataConfig(source=str(path), **IMAGENET))
     assert data.input_shape == (3, 16, 16) and data.mean == pytest.approx(IMAGENET["mean"]) and data.std == pytest.approx(IMAGENET["std"])
     assert data.preprocessing()["mean"] == pytest.approx(IMAGENET["mean"])
@@ -297,7 +277,7 @@ def test_imagenet_statistics_normalize_and_travel_with_the_model(tmp_path):
 
 @pytest.mark.slow
 def test_per_stage_commands_at_224_with_imagenet_normalization(tmp_path):
-    data_path = _npz(tmp_path / "rgb224.npz", 224, 120)
+    data_path = class_brightness_npz(tmp_path / "rgb224.npz", 224, 120)
     data_cfg = DataConfig(source=str(data_path), **IMAGENET)
     model = _small("mobilenet_v3", load_dataset(data_cfg))
     save_model(model, tmp_path / "m.safetensors")

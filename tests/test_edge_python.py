@@ -169,6 +169,8 @@ def _model_outside_the_bundle(info: dict) -> dict:
      r"^error: .*model\.json is not a compress bundle description \(missing input\)"),
     (_tampered(lambda info: {**info, "preprocessing": {**info["preprocessing"], "mean": [0.1, 0.2, 0.3]}}),
      r"^error: .*model\.json is damaged: preprocessing mean must be 1 number\(s\), one per input channel"),
+    (_tampered(lambda info: {**info, "preprocessing": {**info["preprocessing"], "center_crop": "16"}}),
+     r"^error: .*model\.json is damaged: preprocessing center_crop must be a positive number of pixels when given"),
     (_tampered(_model_outside_the_bundle), r"^error: .*model\.json is damaged: file '\.\./elsewhere/model\.ort' lies "
                                            r"outside the bundle folder"),
 ])

@@ -2,7 +2,6 @@
 results of loading them into RAM, without ever decoding the whole set."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from compress.errors import CompressError
 from compress.lazy_data import LazyImages
 from compress.train import TrainConfig, evaluate, fit, seed_everything
 from compress.zoo import ModelSpec, build_model
+from tests.edge_web_helpers import load_python_app
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -193,22 +193,14 @@ def test_224_photos_stream_and_the_edge_preprocessing_matches_the_data(tmp_path)
     file = data.test.x.reader.files[index]
     app = preprocess_image(file, spec)[0]
     assert np.allclose(app, data.test.x[0], atol=1e-5)
-    classify = _edge_app()
+    classify = load_python_app()
     with Image.open(file) as img:
-        cropped = classify.resize_and_crop(img.convert("RGB"), 224, 224)
+        cropped = classify.fit_to_input(img.convert("RGB"), 224, None, 224, 224)
     assert cropped.size == (224, 224)
     assert np.array_equal(np.asarray(cropped), np.asarray(lazy_data.resize_and_crop(Image.open(file).convert("RGB"), 224, 224)))
     seed_everything(0)
     model = build_model(ModelSpec("resnet", 0.25, 8), data.input_shape, data.num_classes)
     assert 0.0 <= evaluate(model, data.test) <= 1.0
-
-
-def _edge_app():
-    path = Path(__file__).resolve().parents[1] / "edge_demo" / "python" / "classify.py"
-    spec = importlib.util.spec_from_file_location("edge_classify", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_mapped_npz_pickles_as_its_location_not_its_data(tmp_path):

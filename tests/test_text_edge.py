@@ -28,7 +28,7 @@ from compress.text_onnx import (
 )
 from compress.text_ship import ship_text_bundle
 from tests.edge_web_helpers import load_web_module
-from tests.text_helpers import LABELS, corpus, tiny_bert, train, train_tokenizer
+from tests.text_helpers import LABELS, corpus, train_tokenizer, trained_tiny_bert
 
 MAX_LENGTH = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,20 +52,17 @@ TRICKY = [
 def shipped(tmp_path_factory):
     """A tiny BERT's dynamic-int8 model shipped as a text bundle: (bundle folder, model.json, test texts, labels)."""
     root = tmp_path_factory.mktemp("text_edge")
-    train_texts, train_labels = corpus(300, seed=0)
-    test_texts, test_labels = corpus(40, seed=2)
-    tokenizer = train_tokenizer(train_texts)
-    tokenizer.save(str(root / "tokenizer.json"))
-    samples = encode_texts(tokenizer, train_texts, MAX_LENGTH)
-    model = train(tiny_bert(tokenizer.get_vocab_size()), samples, train_labels)
-    export_text_model(model, root / "fp32.onnx", encode_texts(tokenizer, test_texts, MAX_LENGTH), TextExportConfig(),
-                      LABELS, MAX_LENGTH, root / "tokenizer.json")
-    int8 = build_text_candidates(root / "fp32.onnx", samples, root, TextQuantizeConfig(candidates=["dynamic_int8"]))
+    text = trained_tiny_bert(root, 40, 2, MAX_LENGTH)
+    export_text_model(text["model"], root / "fp32.onnx", text["test"], TextExportConfig(), LABELS, MAX_LENGTH,
+                      text["tokenizer_path"])
+    # 7-bit weights: onnxruntime's AVX2 kernels (x86 without VNNI) then compute exactly what WebAssembly's do
+    int8 = build_text_candidates(root / "fp32.onnx", text["train"], root,
+                                 TextQuantizeConfig(candidates=["dynamic_int8"], reduce_range=True))
     bundle = root / "bundle"
-    info = ship_text_bundle(int8["dynamic_int8"], root / "tokenizer.json", bundle, test_texts, test_labels,
+    info = ship_text_bundle(int8["dynamic_int8"], text["tokenizer_path"], bundle, text["test_texts"], text["test_labels"],
                             BundleConfig(samples=6), metrics={"accuracy": 1.0})
-    return {"root": root, "bundle": bundle, "info": info, "texts": test_texts, "labels": test_labels,
-            "tokenizer": tokenizer}
+    return {"root": root, "bundle": bundle, "info": info, "texts": text["test_texts"], "labels": text["test_labels"],
+            "tokenizer": text["tokenizer"]}
 
 
 def onnx_predictions(shipped, texts: list[str]) -> np.ndarray:

@@ -26,7 +26,7 @@ from compress.text_onnx import (
     text_model_stats,
     torch_logits,
 )
-from tests.text_helpers import LABELS, NoTokenTypes, corpus, prune_heads, tiny_bert, train, train_tokenizer
+from tests.text_helpers import LABELS, NoTokenTypes, prune_heads, tiny_bert, trained_tiny_bert
 
 MAX_LENGTH = 32
 FAST = TimingRules(warmup="fixed", warmup_runs=2, min_runs=5, min_seconds=0.01)
@@ -36,19 +36,11 @@ FAST = TimingRules(warmup="fixed", warmup_runs=2, min_runs=5, min_seconds=0.01)
 def text(tmp_path_factory):
     """Tokenizer, trained tiny BERT, tokenized splits and its optimized fp32 export."""
     root = tmp_path_factory.mktemp("text_onnx")
-    train_texts, train_labels = corpus(300, seed=0)
-    test_texts, test_labels = corpus(60, seed=1)
-    tokenizer = train_tokenizer(train_texts)
-    tokenizer_path = root / "tokenizer.json"
-    tokenizer.save(str(tokenizer_path))
-    train_set = encode_texts(tokenizer, train_texts, MAX_LENGTH)
-    test_set = encode_texts(tokenizer, test_texts, MAX_LENGTH)
-    model = train(tiny_bert(tokenizer.get_vocab_size()), train_set, train_labels)
+    text = trained_tiny_bert(root, 60, 1, MAX_LENGTH)
     path = root / "model.onnx"
-    report = export_text_model(model, path, test_set, TextExportConfig(), LABELS, MAX_LENGTH, tokenizer_path)
-    return {"root": root, "tokenizer": tokenizer, "tokenizer_path": tokenizer_path, "model": model, "path": path,
-            "report": report, "train": train_set, "train_labels": train_labels, "test": test_set,
-            "test_labels": test_labels, "test_texts": test_texts}
+    report = export_text_model(text["model"], path, text["test"], TextExportConfig(), LABELS, MAX_LENGTH,
+                               text["tokenizer_path"])
+    return {**text, "root": root, "path": path, "report": report}
 
 
 def test_export_matches_pytorch_and_fuses_every_layer(text):
@@ -106,7 +98,7 @@ def test_sdpa_attention_is_reported_not_fused(text, tmp_path):
 
 
 def test_model_without_token_type_ids(text, tmp_path):
-    model = NoTokenTypes(text["model"].model).eval()
+    model = NoTokenTypes(text["model"].hf).eval()
     export_text_model(model, tmp_path / "two.onnx", text["test"], TextExportConfig(), LABELS, MAX_LENGTH)
     names = [i.name for i in make_session(tmp_path / "two.onnx").get_inputs()]
     assert names == ["input_ids", "attention_mask"]

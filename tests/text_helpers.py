@@ -2,8 +2,12 @@
 and a 2-layer BERT (hidden 64) trained on it for a few seconds, with a helper that prunes attention heads."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from compress.text_models import BertShape, TextClassifier, random_bert
 
 TOPICS = {
     "sport": "match goal team coach league score player season win referee stadium",
@@ -46,17 +50,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 200, lowercase: bool = T
     return tokenizer
 
 
-class TextClassifier(torch.nn.Module):
-    """forward(input_ids, attention_mask, token_type_ids) -> logits, as compress.text_onnx expects."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
-
 class NoTokenTypes(torch.nn.Module):
     """A DistilBERT-like signature: forward(input_ids, attention_mask)."""
 
@@ -70,13 +63,8 @@ class NoTokenTypes(torch.nn.Module):
 
 def tiny_bert(vocab_size: int, attention: str = "eager", layers: int = 2, hidden: int = 64, heads: int = 4,
               seed: int = 0) -> TextClassifier:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=len(LABELS))
-    config._attn_implementation = attention
-    return TextClassifier(BertForSequenceClassification(config)).eval()
+    """An untrained BERT for the three topics: 2 layers, hidden 64, FFN 128, 128 positions."""
+    return random_bert(vocab_size, len(LABELS), BertShape(layers, hidden, heads, 2 * hidden), 128, seed, attention)
 
 
 def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int = 4, seed: int = 0) -> torch.nn.Module:
@@ -99,7 +87,7 @@ def train(model: torch.nn.Module, samples: dict, labels: np.ndarray, epochs: int
 
 def prune_heads(classifier: TextClassifier, layer: int, keep: list[int]) -> None:
     """Keep only heads ``keep`` of encoder layer ``layer``: slice Q/K/V rows and the output projection's columns."""
-    attention = classifier.model.bert.encoder.layer[layer].attention
+    attention = classifier.hf.bert.encoder.layer[layer].attention
     size = attention.self.attention_head_size
     index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
     for name in ("query", "key", "value"):
@@ -113,3 +101,20 @@ def prune_heads(classifier: TextClassifier, layer: int, keep: list[int]) -> None
     attention.output.dense = new
     attention.self.num_attention_heads = len(keep)
     attention.self.all_head_size = len(index)
+
+
+def trained_tiny_bert(root: Path, test_count: int, test_seed: int, max_length: int) -> dict:
+    """The text tests' model: a tokenizer trained on 300 corpus sentences (saved as root/tokenizer.json) and a
+    tiny_bert trained on them, with the tokenized train split and ``test_count`` test sentences (``test_seed``)."""
+    from compress.text_onnx import encode_texts
+
+    train_texts, train_labels = corpus(300, seed=0)
+    test_texts, test_labels = corpus(test_count, seed=test_seed)
+    tokenizer = train_tokenizer(train_texts)
+    tokenizer_path = root / "tokenizer.json"
+    tokenizer.save(str(tokenizer_path))
+    train_set = encode_texts(tokenizer, train_texts, max_length)
+    model = train(tiny_bert(tokenizer.get_vocab_size()), train_set, train_labels)
+    return {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path, "model": model, "train": train_set,
+            "train_labels": train_labels, "test": encode_texts(tokenizer, test_texts, max_length),
+            "test_texts": test_texts, "test_labels": test_labels}

@@ -40,16 +40,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 WARMUP_RUNS = 20
 
 
-def resize_and_crop(image: Image.Image, short_side: int, crop: int) -> Image.Image:
-    """Short side to ``short_side`` pixels (bilinear, aspect kept), then the centre ``crop`` x ``crop`` square."""
-    width, height = image.size
-    scale = short_side / min(width, height)
-    size = (short_side, short_side) if width == height else (max(short_side, round(width * scale)),
-                                                             max(short_side, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.BILINEAR)
-    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
-    return image if size == (crop, crop) else image.crop((left, top, left + crop, top + crop))
+def fit_to_input(image: Image.Image, short_side: int | None, center_crop: int | None, width: int,
+                 height: int) -> Image.Image:
+    """model.json's resize rule, as the pipeline's data path applies it (compress/lazy_data.py): the short side to
+    ``short_side`` (bilinear, aspect kept), then the centre ``width`` x ``height`` crop (with ``short_side`` or
+    ``center_crop``); an image that still has another size is resized to it (bilinear)."""
+    if short_side:
+        w, h = image.size
+        scale = short_side / min(w, h)
+        size = (short_side, short_side) if w == h else (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+        if size != image.size:
+            image = image.resize(size, Image.BILINEAR)
+    w, h = image.size
+    if (short_side or center_crop) and (w, h) != (width, height) and w >= width and h >= height:
+        left, top = (w - width) // 2, (h - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    return image if image.size == (width, height) else image.resize((width, height), Image.BILINEAR)
 
 
 class BundleError(Exception):
@@ -81,6 +87,7 @@ class Bundle(CheckedBundle):
         self.mean = np.asarray(pre["mean"], dtype=np.float32)[:, None, None]
         self.std = np.asarray(pre["std"], dtype=np.float32)[:, None, None]
         self.short_side = int(pre.get("resize_short_side") or 0)
+        self.center_crop = int(pre.get("center_crop") or 0)
         self.background = self.info.get("drawing", {}).get("background", "mixed")
         self.classes = [str(c) for c in self.info["classes"]]
 
@@ -93,10 +100,7 @@ class Bundle(CheckedBundle):
             raise BundleError(f"cannot read image {path}: {exc}") from exc
         except Image.DecompressionBombError as exc:
             raise BundleError(f"image {path} is too large to decode safely ({exc}): resize it") from exc
-        if self.short_side and self.width == self.height:  # photos: keep the aspect, then the centre crop
-            image = resize_and_crop(image, self.short_side, self.width)
-        elif image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), Image.BILINEAR)
+        image = fit_to_input(image, self.short_side, self.center_crop, self.width, self.height)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         if invert == "yes" or (invert == "auto" and needs_inversion(pixels, self.background)):
@@ -162,6 +166,10 @@ def model_json_problem(folder: Path, info: dict) -> str | None:
             return f"preprocessing {key} must be {shape['channels']} number(s), one per input channel"
     if not all(v > 0 for v in pre["std"]):
         return "preprocessing std must be positive"
+    for key in ("resize_short_side", "center_crop"):
+        value = pre.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return f"preprocessing {key} must be a positive number of pixels when given"
     if not isinstance(info["classes"], list) or not info["classes"]:
         return "'classes' must be a non-empty list"
     samples = info.get("samples", [])

@@ -8,6 +8,7 @@
 // URL parameters: ?bundle=bundle/ (folder of the bundle), ?model=ort|onnx (which bundled model runs),
 // ?threads=1 (WebAssembly threads), ?bench=200 (timed runs for the latency figure).
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+import { modelInput } from "./preprocess.js";
 import { TokenizerError, WordPieceTokenizer } from "./wordpiece.js";
 
 const params = new URLSearchParams(location.search);
@@ -141,44 +142,10 @@ async function openSession() {
   return name;
 }
 
-// Border ring of the image in 0..1: the same rule as the Python app and `compress ship`.
-function needsInversion(pixels, C, H, W) {
-  let sum = 0;
-  for (let c = 0; c < C; c++) {
-    const base = c * H * W;
-    for (let x = 0; x < W; x++) sum += pixels[base + x] + pixels[base + (H - 1) * W + x];
-    for (let y = 0; y < H; y++) sum += pixels[base + y * W] + pixels[base + y * W + W - 1];
-  }
-  const background = (info.drawing || {}).background || "mixed";
-  const border = sum / (C * (2 * W + 2 * H));
-  return (background === "dark" && border > 0.5) || (background === "light" && border < 0.5);
-}
-
-// RGBA pixels of the model's size -> normalized NCHW float32, as model.json's preprocessing says. Each step is
-// rounded to float32 (Math.fround) like numpy does, so the Python app and this page feed identical inputs.
+// An image (ImageData of any size) -> the model's input tensor, as model.json's preprocessing says (preprocess.js).
 function toTensor(imageData, invert) {
   const { channels: C, height: H, width: W } = info.input;
-  const rgba = imageData.data;
-  const pixels = new Float32Array(C * H * W);
-  for (let i = 0; i < H * W; i++) {
-    const [r, g, b] = [rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2]];
-    if (C === 1) {
-      pixels[i] = Math.fround(((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) / 255);  // Pillow's "L"
-    } else {
-      [r, g, b].forEach((v, c) => { pixels[c * H * W + i] = Math.fround(v / 255); });
-    }
-  }
-  const flip = invert === "yes" || (invert === "auto" && needsInversion(pixels, C, H, W));
-  const data = new Float32Array(C * H * W);
-  for (let c = 0; c < C; c++) {
-    const mean = Math.fround(info.preprocessing.mean[c]);
-    const std = Math.fround(info.preprocessing.std[c]);
-    for (let i = c * H * W; i < (c + 1) * H * W; i++) {
-      const v = flip ? Math.fround(1 - pixels[i]) : pixels[i];
-      data[i] = Math.fround(Math.fround(v - mean) / std);
-    }
-  }
-  return new ort.Tensor("float32", data, [1, C, H, W]);
+  return new ort.Tensor("float32", modelInput(imageData, info, invert), [1, C, H, W]);
 }
 
 function modelCanvas() {
@@ -188,7 +155,8 @@ function modelCanvas() {
   return canvas;
 }
 
-// An image file (or PNG bytes) at the model's size; another size is resized by the browser.
+// An image file (or PNG bytes) decoded at its own size: resizing and cropping are preprocess.js's job, done
+// the way Pillow does them, not by the browser's canvas scaling.
 async function imageDataFromBlob(blob) {
   let bitmap;
   try {
@@ -196,11 +164,12 @@ async function imageDataFromBlob(blob) {
   } catch (err) {
     throw new BundleError("cannot read the image: is it a PNG, JPEG, GIF, BMP or WebP file?");
   }
-  const canvas = modelCanvas();
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
   return ctx.getImageData(0, 0, canvas.width, canvas.height);
 }
 

