@@ -6,7 +6,8 @@ no int8 variant is faster); ``static`` builds one format; ``dynamic`` quantizes 
 and activations at run time (Linear/attention-heavy models); ``fp16`` converts to half precision
 (GPU providers). Accuracy-aware (on by default): when int8 loses more than ``max_accuracy_drop``
 points on the validation split, other calibration methods are tried, then the most sensitive nodes
-(ranked by the error of the model with only that node quantized) are kept in fp32 one at a time.
+(ranked by the error of the model with only that node quantized) are kept in fp32 one at a time; in auto
+mode only for candidates whose first build runs faster than fp32 (the others could not be chosen).
 A per-layer report (scale, zero point, SQNR, share of the drop) is written beside the model.
 
 Text models (``compress.text_onnx``): the candidates are dynamic int8 (the default for BERT on CPU), static
@@ -263,8 +264,8 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
             tqdm.write(f"[quantize] warning: {message}")
         results, skipped = [], []
         for variant in work.variants():
-            try:
-                results.append(work.fit_budget(variant))
+            try:  # auto: the accuracy-aware search waits until the first builds are timed (search_the_fast)
+                results.append(work.fit_budget(variant, search=cfg.mode != "auto"))
             except CompressError as exc:
                 if cfg.mode != "auto" or len(work.variants()) == 1:
                     raise
@@ -273,6 +274,9 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
                 tqdm.write(f"[quantize] warning: candidate {variant.name} skipped: {exc}")
         if not results:
             raise CompressError(f"no candidate format could be quantized: {skipped[0]['reason']}")
+        not_searched = []
+        if cfg.mode == "auto":
+            results, not_searched = work.search_the_fast(results)
         chosen, decision, reason, timings = work.decide(results)
         report = work.layer_report(chosen, output) if cfg.layer_report else None
         _write_model(chosen["path"], model_path, output, chosen, decision)
@@ -290,6 +294,7 @@ def quantize(cfg: QuantizeConfig, model_path: Path, data: Dataset, output: Path)
         "left_float_by_onnxruntime": work.left_float.get(variant.name, []),
         "attempts": [_attempt_record(a) for result in results for a in result["attempts"]],
         "skipped_candidates": skipped,
+        "not_searched": not_searched,
         "skipped_attempts": [s for result in results for s in result["skipped"]],
         "candidates": timings,
         "provider": provider, "cpu": support, "warnings": warnings,
@@ -430,13 +435,14 @@ class QuantizationJob:
                 "within_budget": drop <= self.cfg.max_accuracy_drop + 1e-9}
 
     # --- accuracy-aware search -------------------------------------------------------------------
-    def fit_budget(self, variant: Variant) -> dict:
-        """The variant built as asked; over budget (and accuracy-aware): other calibration methods in turn,
-        then the most sensitive nodes kept in fp32 one at a time until the drop is within budget."""
+    def fit_budget(self, variant: Variant, search: bool = True) -> dict:
+        """The variant built as asked; over budget (accuracy-aware, and ``search``): other calibration methods in
+        turn, then the most sensitive nodes kept in fp32 one at a time until the drop is within budget."""
         cfg = self.cfg
+        search = search and cfg.accuracy_aware
         fixed = {node: "listed in quantize.nodes_to_exclude" for node in cfg.nodes_to_exclude}
         methods = [cfg.method] if variant.calibrated else [None]
-        if variant.calibrated and cfg.accuracy_aware:
+        if variant.calibrated and search:
             methods += [m for m in cfg.fallback_methods if m not in methods]
         attempts, best, skipped = [], None, []
         for method in methods:
@@ -457,7 +463,7 @@ class QuantizationJob:
             if attempt["within_budget"]:
                 best = attempt
                 break
-        if not best["within_budget"] and cfg.accuracy_aware and cfg.max_fp32_nodes > 0:
+        if not best["within_budget"] and search and cfg.max_fp32_nodes > 0:
             ranking = self.sensitivity(variant, best["method"])
             order = sorted((row for row in ranking if row["node"] not in fixed and row["alone_noise"] > 0),
                            key=lambda row: -row["alone_noise"])
@@ -483,11 +489,41 @@ class QuantizationJob:
                     best = attempt
                 if attempt["within_budget"]:
                     break
-        if not best["within_budget"]:
+        if not best["within_budget"] and (search or not cfg.accuracy_aware):
             tqdm.write(f"[quantize] warning: {variant.name} loses {best['val_drop_points']:.2f} val points, over the "
                        f"{cfg.max_accuracy_drop:g}-point budget" + (" even after the accuracy-aware search"
-                                                                     if cfg.accuracy_aware else ""))
+                                                                     if search else ""))
         return {"variant": variant, "best": best, "attempts": attempts, "skipped": skipped}
+
+    def search_the_fast(self, results: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Auto mode: the accuracy-aware search for the candidates over budget at their first build, but only for
+        those that build ran faster than fp32 (timed interleaved): keeping more of a slower one in fp32 cannot
+        make it faster than fp32, and auto keeps fp32 then anyway. Returns the results and the candidates not
+        searched, with why."""
+        over = [r for r in results if not r["best"]["within_budget"]]
+        if not over or not self.cfg.accuracy_aware:
+            return results, []
+        latencies = interleaved_p50s({"fp32": self.source, **{r["variant"].name: r["best"]["path"] for r in over}},
+                                     self.data.val.x[:1], self.input_name, self.cfg)
+        fp32_ms, not_searched, searched = latencies["fp32"], [], []
+        for result in results:
+            name = result["variant"].name
+            if result in over and latencies[name] >= fp32_ms:
+                reason = (f"over budget ({result['best']['val_drop_points']:.2f} val points) and slower than fp32 at "
+                          f"its first build (p50 {latencies[name]:.3f} ms against {fp32_ms:.3f} ms): keeping nodes in "
+                          "fp32 cannot make it faster than fp32, so the accuracy-aware search was not run")
+                not_searched.append({"candidate": name, "reason": reason})
+                tqdm.write(f"[quantize] {name}: {reason}")
+                searched.append(result)
+            elif result in over:
+                try:
+                    searched.append(self.fit_budget(result["variant"]))
+                except CompressError as exc:  # the first build stands; why the search stopped is recorded
+                    not_searched.append({"candidate": name, "reason": f"the accuracy-aware search failed: {exc}"})
+                    searched.append(result)
+            else:
+                searched.append(result)
+        return searched, not_searched
 
     def wanted_ops(self) -> list[str]:
         """The op types to quantize; in dynamic mode Gemm means the MatMul it was rewritten as."""

@@ -225,6 +225,28 @@ def test_accuracy_aware_keeps_the_sensitive_layer_in_fp32_and_meets_its_budget(s
     assert metrics["layer_report"]["most_sensitive"][0]["node"] == "/sensitive/Gemm"
 
 
+@pytest.mark.parametrize("int8_ms, searched", [(2.0, False), (0.5, True)])
+def test_auto_searches_only_candidates_faster_than_fp32(sensitive_onnx_path, digits, tmp_path, monkeypatch,
+                                                        int8_ms, searched):
+    """auto mode times each first build against fp32 before the accuracy-aware search: a candidate slower than
+    fp32 cannot be chosen, so it is not searched (timings pinned here: the decision, not the machine, is tested)."""
+    import stages.quantize as stage
+
+    monkeypatch.setattr(stage, "interleaved_p50s",
+                        lambda paths, *args: {name: 1.0 if name == "fp32" else int8_ms for name in paths})
+    cfg = QuantizeConfig(candidates=["u8s8_qdq"], max_accuracy_drop=1.0, **QUICK)
+    metrics = quantize(cfg, sensitive_onnx_path, digits, tmp_path / "int8.onnx")
+    steps = [attempt["step"] for attempt in metrics["attempts"]]
+    if searched:
+        assert metrics["not_searched"] == [] and metrics["decision"] == "int8" and metrics["within_budget"]
+        assert steps[0] == "calibration minmax" and "keep /sensitive/Gemm in fp32" in steps
+    else:
+        assert steps == ["calibration minmax"] and metrics["decision"] == "fp32"
+        [entry] = metrics["not_searched"]
+        assert entry["candidate"] == "u8s8_qdq"
+        assert "slower than fp32 at its first build (p50 2.000 ms against 1.000 ms)" in entry["reason"]
+
+
 def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensitive_onnx_path, digits, tmp_path):
     """onnxruntime quantizes the float weights of a Gemm fed by DequantizeLinear when a session loads
     (WeightBiasQuantization); the guard stops that, so nodes_to_exclude is honoured."""
