@@ -85,11 +85,14 @@ def onnx_stats(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> di
 
 
 def _infer_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """onnx's shape inference, carried through the com.microsoft ops of QOperator int8 graphs (QLinearAdd,
+    """onnx's shape inference (with data propagation), carried through the com.microsoft ops of QOperator int8 graphs (QLinearAdd,
     QGemm, ...) that it does not know: their output shapes are added and inference rerun, else every
     layer after the first residual add would have no shape (and no MACs)."""
     for _ in range(len(model.graph.node) + 1):
-        inferred = shape_inference.infer_shapes(model)
+        try:  # data propagation resolves the Reshape targets attention computes from Shape ops
+            inferred = shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # noqa: BLE001 - onnx raises several types; plain inference still gives most shapes
+            inferred = shape_inference.infer_shapes(model)
         shapes = {init.name: list(init.dims) for init in model.graph.initializer}
         types = {init.name: init.data_type for init in model.graph.initializer}
         for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -147,6 +150,7 @@ def _with_batch_one(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelP
     """Copy of the model with every symbolic input dimension set, so shapes resolve to numbers: the first
     axis (the batch) to 1, the others from ``dims`` (by "input:axis" or by name), else 1."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.value_info[:]  # the exporter's value_info keeps the symbolic batch; inference redoes it
     initializer_names = {init.name for init in model.graph.initializer}
     for graph_input in model.graph.input:
         if graph_input.name in initializer_names:

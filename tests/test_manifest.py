@@ -102,6 +102,23 @@ def test_int8_params_and_macs_equal_the_fp32_sources(quick_run, digits, tmp_path
     assert stats == {"params": pruned["params"], "macs": pruned["macs"]}
 
 
+def test_onnx_macs_count_attention_matmuls(tmp_path):
+    """A ViT's attention computes its Reshape targets from Shape ops: its MatMuls only get shapes (and MACs)
+    through onnx's data propagation. The ONNX count adds q.k and attn.v to the layers' MACs PyTorch counts."""
+    from compress.metrics import model_stats
+    from compress.onnx_export import ExportConfig, export_model
+    from compress.synthetic import class_brightness_npz
+    from compress.zoo import ModelSpec, build_model
+
+    data = load_dataset(DataConfig(source=str(class_brightness_npz(tmp_path / "rgb.npz", 32, 60))))
+    model = build_model(ModelSpec("vit_tiny", 0.25, 1), data.input_shape, data.num_classes).eval()
+    export_model(model, tmp_path / "vit.onnx", data, ExportConfig(), {"source": "test"})
+    tokens, dim, heads = 65, 48, 3  # (32 / 4)^2 patches + the class token, width 0.25 of 192, 48 / 16
+    attention = 2 * heads * tokens * tokens * (dim // heads)
+    torch_macs = model_stats(model, data.input_shape)["macs"]
+    assert onnx_stats(onnx.load(str(tmp_path / "vit.onnx")))["macs"] >= torch_macs + 0.9 * attention
+
+
 def test_accuracy_is_measured_on_the_test_split(quick_run):
     run_dir, manifest = quick_run
     data = load_dataset(DataConfig(**manifest["config"]["data"]))
