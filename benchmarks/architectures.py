@@ -60,12 +60,22 @@ def quantize_child(args) -> None:
     except CompressError as exc:
         result = {"ok": False, "error": str(exc)}
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["peak_rss_mb"] = _peak_rss_mb()
     # CPU seconds (user + system) of this process and the timing worker it started: on a shared machine the
     # wall time stretches with the load, the CPU time much less
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     result["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)
     print("RESULT " + json.dumps(result))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory, and its children's (the timing worker). Not RUSAGE_SELF's
+    ru_maxrss: Linux carries the parent's peak into it through fork + exec, so every child would report at least
+    the (growing) benchmark process's own peak. VmHWM belongs to the process's own address space."""
+    status = Path("/proc/self/status")
+    own = next((int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:")), 0) \
+        if status.is_file() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024  # Linux: KiB
 
 
 def run_quantize(model: Path, output: Path, data_path: Path, cfg: dict) -> dict:

@@ -244,7 +244,22 @@ def test_auto_searches_only_candidates_faster_than_fp32(sensitive_onnx_path, dig
         assert steps == ["calibration minmax"] and metrics["decision"] == "fp32"
         [entry] = metrics["not_searched"]
         assert entry["candidate"] == "u8s8_qdq"
-        assert "slower than fp32 at its first build (p50 2.000 ms against 1.000 ms)" in entry["reason"]
+        assert "no faster than fp32 (p50 2.000 ms against 1.000 ms)" in entry["reason"]
+
+
+def test_auto_searches_the_fastest_first_and_stops_once_one_meets_the_budget(sensitive_onnx_path, digits, tmp_path,
+                                                                           monkeypatch):
+    import stages.quantize as stage
+
+    pinned = {"fp32": 1.0, "s8s8_qdq": 0.5, "u8s8_qdq": 0.8}
+    monkeypatch.setattr(stage, "interleaved_p50s", lambda paths, *args: {name: pinned[name] for name in paths})
+    cfg = QuantizeConfig(candidates=["u8s8_qdq", "s8s8_qdq"], max_accuracy_drop=1.0, **QUICK)
+    metrics = quantize(cfg, sensitive_onnx_path, digits, tmp_path / "int8.onnx")
+    steps = {name: [a["step"] for a in metrics["attempts"] if a["candidate"] == name] for name in ("u8s8_qdq", "s8s8_qdq")}
+    assert "keep /sensitive/Gemm in fp32" in steps["s8s8_qdq"] and steps["u8s8_qdq"] == ["calibration minmax"]
+    [entry] = metrics["not_searched"]
+    assert entry["candidate"] == "u8s8_qdq" and "s8s8_qdq, which met the budget after the search" in entry["reason"]
+    assert metrics["candidate"] == "s8s8_qdq" and metrics["decision"] == "int8"
 
 
 def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensitive_onnx_path, digits, tmp_path):
