@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from compress import search_cli
@@ -170,6 +171,17 @@ def test_cli_bad_budget_exits_2(tmp_path):
     assert result.exit_code == 2 and "must be p50_ms=MS or size_kb=KB" in result.output
     result = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "s"), "--budget", "p50_ms=1", "--workers", "0"])
     assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_device_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path):
+    """--device reaches the search's training sections through the pipeline's config; a device this machine
+    lacks fails before any candidate is built."""
+    out = tmp_path / "s"
+    result = CliRunner().invoke(main, ["search", "--out", str(out), "--budget", "p50_ms=1", "--device", "cuda",
+                                       "--set", "data.source=digits"])
+    assert result.exit_code == 2 and "device cuda requested" in result.output and "Traceback" not in result.output
+    assert not out.exists()
 
 
 @pytest.mark.slow
