@@ -38,6 +38,7 @@ from compress.metrics import model_stats  # noqa: E402
 from compress.onnx_export import ExportConfig  # noqa: E402
 from compress.synthetic import calibrated_model, class_brightness_npz  # noqa: E402
 from compress.train import TrainConfig  # noqa: E402
+from compress.worker import peak_rss_mb  # noqa: E402
 from compress.zoo import ModelSpec  # noqa: E402
 from stages import benchmark, export, prune, quantize  # noqa: E402
 
@@ -69,13 +70,9 @@ def quantize_child(args) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory, and its children's (the timing worker). Not RUSAGE_SELF's
-    ru_maxrss: Linux carries the parent's peak into it through fork + exec, so every child would report at least
-    the (growing) benchmark process's own peak. VmHWM belongs to the process's own address space."""
-    status = Path("/proc/self/status")
-    own = next((int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:")), 0) \
-        if status.is_file() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024  # Linux: KiB
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry the benchmark process's peak in through
+    fork + exec), or its timing worker's if larger."""
+    return max(peak_rss_mb() or 0.0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # Linux: KiB
 
 
 def run_quantize(model: Path, output: Path, data_path: Path, cfg: dict) -> dict:

@@ -55,6 +55,7 @@ def child(folder: Path, out: Path) -> None:
     from compress.checkpoint import save_model
     from compress.data import DataConfig, load_dataset
     from compress.train import TrainConfig, seed_everything
+    from compress.worker import peak_rss_mb
     from compress.zoo import ModelSpec, build_model
     from stages.distill import DistillConfig, run
 
@@ -72,13 +73,11 @@ def child(folder: Path, out: Path) -> None:
     result = run(cfg, {"teacher": work / "teacher.safetensors"}, data, work)
     fit_s = time.perf_counter() - fit_started
     decoded = len(data.train) + 2 * len(data.val) + len(data.test)  # one epoch, validation before and after, test
-    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
-    hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
     out.write_text(json.dumps({
         "images": len(data.train) + len(data.val) + len(data.test), "train_images": len(data.train),
         "decoded_images": decoded, "scan_and_split_s": round(load_s, 2), "epoch_with_evaluation_s": round(fit_s, 2),
         "images_per_s": round(decoded / fit_s, 1), "train_images_per_s": round(len(data.train) / fit_s, 1),
-        "main_process_vmhwm_mb": round(hwm / 1024, 1),
+        "main_process_vmhwm_mb": round(peak_rss_mb() or 0.0, 1),
         "student_test_accuracy": result.metrics["student"]["test_accuracy"]}))
 
 

@@ -27,6 +27,7 @@ INT8_INSTRUCTIONS = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx
 EXACT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Split", "Gather",
              "GatherElements", "MaxPool", "Resize", "Identity", "TopK", "Expand", "Tile", "DepthToSpace",
              "SpaceToDepth", "ArgMax", "Relu", "Clip", "Shape", "Constant", "ConstantOfShape", "Cast"}
+X86_ARCHITECTURES = ("x86_64", "amd64", "i686", "x86")  # platform.machine() names, lower-cased
 SMALL_CNN_MACS = 3_000_000  # measured here: CNNs below this ran slower in int8 than fp32 (per-call overhead)
 
 
@@ -67,7 +68,7 @@ def hardware_warnings(provider: str, mode: str, support: dict, activation_type: 
         if not support["detected"]:
             warnings.append("could not read this CPU's instruction flags: int8 speed-ups are not guaranteed "
                             "(quantize.mode=auto measures them)")
-        elif not support["flags"] and arch in ("x86_64", "amd64", "i686", "x86"):
+        elif not support["flags"] and arch in X86_ARCHITECTURES:
             warnings.append("this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8): "
                             "int8 runs on AVX2 multiply-adds and is rarely faster than fp32; set "
                             "quantize.reduce_range=true to avoid the saturation of u8s8 AVX2 kernels")

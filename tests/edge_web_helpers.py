@@ -31,8 +31,8 @@ def probability_atol(int8_full_range_weights: bool) -> float:
     arithmetic; 0.05 for a u8s8 int8 model with full-range (8-bit) weights on an x86 CPU without VNNI, where
     onnxruntime's AVX2 kernels saturate the int16 sums of u8 x s8 pairs and WebAssembly's kernels do not
     (quantize.reduce_range=true makes them agree again)."""
-    from compress.quant_analysis import cpu_int8_support
+    from compress.quant_analysis import X86_ARCHITECTURES, cpu_int8_support
 
     support = cpu_int8_support()
-    x86 = support["architecture"] in ("x86_64", "amd64", "i686", "x86")
+    x86 = support["architecture"] in X86_ARCHITECTURES
     return 0.05 if int8_full_range_weights and x86 and not support["flags"] else 1e-4
