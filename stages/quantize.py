@@ -6,7 +6,8 @@ no int8 variant is faster); ``static`` builds one format; ``dynamic`` quantizes 
 and activations at run time (Linear/attention-heavy models); ``fp16`` converts to half precision
 (GPU providers). Accuracy-aware (on by default): when int8 loses more than ``max_accuracy_drop``
 points on the validation split, other calibration methods are tried, then the most sensitive nodes
-(ranked by the error of the model with only that node quantized) are kept in fp32 one at a time; in auto
+(ranked by the error of the model with only that node quantized) are kept in fp32, as few as meet the budget
+(the most sensitive alone, then all ``max_fp32_nodes``, then bisection: ``keep_fewest_fp32``); in auto
 mode fastest candidate first, and only while the search can change the decision (``search_the_fast``).
 A per-layer report (scale, zero point, SQNR, share of the drop) is written beside the model.
 
@@ -318,6 +319,8 @@ class QuantizationJob:
         self.fp32_val_accuracy = _accuracy(self.fp32_val_logits, data.val.y)
         self._builds = 0
         self._built: dict[tuple, Path] = {}
+        self._val_accuracy: dict[Path, float] = {}
+        self._timed: tuple[dict[str, Path], dict[str, float]] | None = None  # auto: the last interleaved timing
         self._sensitivity: dict[tuple, list[dict]] = {}
         self.left_float: dict[str, list[str]] = {}  # per variant: nodes onnxruntime's quantizer left in float
 
@@ -428,7 +431,9 @@ class QuantizationJob:
 
     def evaluate(self, variant: Variant, method: str | None, fp32_nodes: dict[str, str]) -> dict:
         path = self.build(variant, method, list(fp32_nodes))
-        accuracy = _accuracy(self.logits(path), self.data.val.y)
+        if path not in self._val_accuracy:  # a build evaluated again (auto's search of a first build) is not rerun
+            self._val_accuracy[path] = _accuracy(self.logits(path), self.data.val.y)
+        accuracy = self._val_accuracy[path]
         drop = 100 * (self.fp32_val_accuracy - accuracy)
         return {"variant": variant, "method": method, "fp32_nodes": dict(fp32_nodes), "path": path,
                 "val_accuracy": accuracy, "val_drop_points": drop,
@@ -437,7 +442,7 @@ class QuantizationJob:
     # --- accuracy-aware search -------------------------------------------------------------------
     def fit_budget(self, variant: Variant, search: bool = True) -> dict:
         """The variant built as asked; over budget (accuracy-aware, and ``search``): other calibration methods in
-        turn, then the most sensitive nodes kept in fp32 one at a time until the drop is within budget."""
+        turn, then the fewest of the most sensitive nodes kept in fp32 that bring the drop within budget."""
         cfg = self.cfg
         search = search and cfg.accuracy_aware
         fixed = {node: "listed in quantize.nodes_to_exclude" for node in cfg.nodes_to_exclude}
@@ -464,36 +469,62 @@ class QuantizationJob:
                 best = attempt
                 break
         if not best["within_budget"] and search and cfg.max_fp32_nodes > 0:
-            ranking = self.sensitivity(variant, best["method"])
-            order = sorted((row for row in ranking if row["node"] not in fixed and row["alone_noise"] > 0),
-                           key=lambda row: -row["alone_noise"])
-            kept, previous = dict(fixed), best
-            for rank, row in enumerate(order[:cfg.max_fp32_nodes], 1):
-                kept[row["node"]] = (
-                    f"#{rank} most sensitive: quantized alone it gives logit SQNR {row['alone_output_sqnr_db']:.1f} dB, "
-                    f"{100 * row['share_of_drop']:.0f}% of the single-node error, and costs "
-                    f"{row['alone_val_drop_points']:+.2f} val points")
-                try:
-                    attempt = self.evaluate(variant, best["method"], kept)
-                except CompressError as exc:
-                    skipped.append({"candidate": variant.name, "step": f"keep {row['node']} in fp32", "reason": str(exc)})
-                    del kept[row["node"]]
-                    continue
-                kept[row["node"]] += (f"; keeping it fp32 moved the val drop from {previous['val_drop_points']:.2f} "
-                                      f"to {attempt['val_drop_points']:.2f} points")
-                attempt["fp32_nodes"] = dict(kept)
-                attempt["step"] = f"keep {row['node']} in fp32"
-                attempts.append(attempt)
-                previous = attempt
-                if attempt["within_budget"] or attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
-                    best = attempt
-                if attempt["within_budget"]:
-                    break
+            best = self.keep_fewest_fp32(variant, best, fixed, attempts, skipped)
         if not best["within_budget"] and (search or not cfg.accuracy_aware):
             tqdm.write(f"[quantize] warning: {variant.name} loses {best['val_drop_points']:.2f} val points, over the "
                        f"{cfg.max_accuracy_drop:g}-point budget" + (" even after the accuracy-aware search"
                                                                      if search else ""))
         return {"variant": variant, "best": best, "attempts": attempts, "skipped": skipped}
+
+    def keep_fewest_fp32(self, variant: Variant, best: dict, fixed: dict[str, str], attempts: list[dict],
+                         skipped: list[dict]) -> dict:
+        """The fewest most-sensitive nodes kept in fp32 that bring the drop within budget: the most sensitive node
+        alone first (often one layer holds the error), then all ``max_fp32_nodes`` of them (if even that is over
+        budget, no smaller set is tried), then bisection between the two, so at most 2 + log2(max_fp32_nodes)
+        builds instead of one per node. Bisection assumes that keeping more nodes in fp32 does not lose accuracy;
+        the result is within budget either way. Appends every attempt; returns the best one."""
+        cfg, method = self.cfg, best["method"]
+        ranking = self.sensitivity(variant, method)
+        order = sorted((row for row in ranking if row["node"] not in fixed and row["alone_noise"] > 0),
+                       key=lambda row: -row["alone_noise"])[:cfg.max_fp32_nodes]
+        why = {row["node"]: (f"#{rank} most sensitive: quantized alone it gives logit SQNR "
+                             f"{row['alone_output_sqnr_db']:.1f} dB, {100 * row['share_of_drop']:.0f}% of the single-node "
+                             f"error, and costs {row['alone_val_drop_points']:+.2f} val points")
+               for rank, row in enumerate(order, 1)}
+        start_drop, tried = best["val_drop_points"], {}
+
+        def keep(count: int) -> dict | None:
+            nodes = [row["node"] for row in order[:count]]
+            step = f"keep {nodes[0]} in fp32" if count == 1 else f"keep the {count} most sensitive nodes in fp32"
+            try:
+                attempt = self.evaluate(variant, method, {**fixed, **{node: why[node] for node in nodes}})
+            except CompressError as exc:
+                skipped.append({"candidate": variant.name, "step": step, "reason": str(exc)})
+                return None
+            moved = (f"; keeping {'it' if count == 1 else f'these {count}'} fp32 moved the val drop from "
+                     f"{start_drop:.2f} to {attempt['val_drop_points']:.2f} points")
+            attempt["fp32_nodes"] = {**fixed, **{node: why[node] + moved for node in nodes}}
+            attempt["step"] = step
+            attempts.append(attempt)
+            tried[count] = attempt
+            return attempt
+
+        def within(count: int) -> bool:
+            attempt = tried[count] if count in tried else keep(count)
+            return attempt is not None and attempt["within_budget"]
+
+        if order and not within(1) and len(order) > 1 and within(len(order)):
+            over, meets = 1, len(order)
+            while meets - over > 1:
+                middle = (over + meets) // 2
+                over, meets = (over, middle) if within(middle) else (middle, meets)
+        for attempt in tried.values():
+            if attempt["within_budget"] and (not best["within_budget"] or
+                                             len(attempt["fp32_nodes"]) < len(best["fp32_nodes"])):
+                best = attempt
+            elif not best["within_budget"] and attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
+                best = attempt
+        return best
 
     def search_the_fast(self, results: list[dict]) -> tuple[list[dict], list[dict]]:
         """Auto mode: the accuracy-aware search for candidates over budget at their first build, fastest first
@@ -503,8 +534,7 @@ class QuantizationJob:
         over = [r for r in results if not r["best"]["within_budget"]]
         if not over or not self.cfg.accuracy_aware:
             return results, []
-        latencies = interleaved_p50s({"fp32": self.source, **{r["variant"].name: r["best"]["path"] for r in results}},
-                                     self.data.val.x[:1], self.input_name, self.cfg)
+        latencies = self.p50s({"fp32": self.source, **{r["variant"].name: r["best"]["path"] for r in results}})
         bar_ms, bar_name = latencies["fp32"], "fp32"
         for result in results:
             name = result["variant"].name
@@ -597,6 +627,13 @@ class QuantizationJob:
         return [node for node in nodes if node.name in largest]
 
     # --- auto mode -------------------------------------------------------------------------------
+    def p50s(self, paths: dict[str, Path]) -> dict[str, float]:
+        """p50 of each model, timed interleaved; the same models as the last call are not timed again (the final
+        decision after a search that changed nothing), while any change re-times them all in the same rounds."""
+        if self._timed is None or self._timed[0] != paths:
+            self._timed = paths, interleaved_p50s(paths, self.data.val.x[:1], self.input_name, self.cfg)
+        return self._timed[1]
+
     def decide(self, results: list[dict]) -> tuple[dict, str, str, list[dict]]:
         """The result to write, the decision (int8, fp32 or fp16), why, and every candidate measured (auto)."""
         cfg = self.cfg
@@ -608,8 +645,7 @@ class QuantizationJob:
             reason = (f"{cfg.mode} mode: val drop {chosen['val_drop_points']:.2f} points "
                       f"({'within' if chosen['within_budget'] else 'OVER'} the {cfg.max_accuracy_drop:g}-point budget)")
             return chosen, decision, reason, []
-        latencies = interleaved_p50s({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}},
-                                    self.data.val.x[:1], self.input_name, cfg)
+        latencies = self.p50s({"fp32": self.source, **{b["variant"].name: b["path"] for b in best}})
         fp32_ms = latencies["fp32"]
         timings = [{"candidate": "fp32", "format": "fp32", "types": "float32", "p50_ms": fp32_ms, "speedup": 1.0,
                     "val_accuracy": self.fp32_val_accuracy, "val_drop_points": 0.0, "within_budget": True,

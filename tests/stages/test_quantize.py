@@ -18,7 +18,7 @@ from compress import quant_analysis as qa
 from compress.checkpoint import load_model
 from compress.errors import CompressError
 from compress.onnx_export import ExportConfig, export_model
-from stages.quantize import CANDIDATES, QuantizeConfig, quantize, run
+from stages.quantize import CANDIDATES, QuantizationJob, QuantizeConfig, Variant, quantize, run
 
 # Tiny-model settings: few calibration samples, short timings, no report unless a test wants one.
 QUICK = dict(calibration_samples=64, measure_seconds=0.05, layer_report=False)
@@ -232,16 +232,24 @@ def test_auto_searches_only_candidates_faster_than_fp32(sensitive_onnx_path, dig
     fp32 cannot be chosen, so it is not searched (timings pinned here: the decision, not the machine, is tested)."""
     import stages.quantize as stage
 
-    monkeypatch.setattr(stage, "interleaved_p50s",
-                        lambda paths, *args: {name: 1.0 if name == "fp32" else int8_ms for name in paths})
+    timed = []
+
+    def pinned(paths, *args):
+        timed.append(dict(paths))
+        return {name: 1.0 if name == "fp32" else int8_ms for name in paths}
+
+    monkeypatch.setattr(stage, "interleaved_p50s", pinned)
     cfg = QuantizeConfig(candidates=["u8s8_qdq"], max_accuracy_drop=1.0, **QUICK)
     metrics = quantize(cfg, sensitive_onnx_path, digits, tmp_path / "int8.onnx")
     steps = [attempt["step"] for attempt in metrics["attempts"]]
     if searched:
         assert metrics["not_searched"] == [] and metrics["decision"] == "int8" and metrics["within_budget"]
         assert steps[0] == "calibration minmax" and "keep /sensitive/Gemm in fp32" in steps
+        # the search changed the model: the decision times it again, with fp32, in the same rounds
+        assert len(timed) == 2 and timed[0]["u8s8_qdq"] != timed[1]["u8s8_qdq"]
     else:
         assert steps == ["calibration minmax"] and metrics["decision"] == "fp32"
+        assert len(timed) == 1  # nothing changed after the first timing: the decision reuses it
         [entry] = metrics["not_searched"]
         assert entry["candidate"] == "u8s8_qdq"
         assert "no faster than fp32 (p50 2.000 ms against 1.000 ms)" in entry["reason"]
@@ -260,6 +268,38 @@ def test_auto_searches_the_fastest_first_and_stops_once_one_meets_the_budget(sen
     [entry] = metrics["not_searched"]
     assert entry["candidate"] == "u8s8_qdq" and "s8s8_qdq, which met the budget after the search" in entry["reason"]
     assert metrics["candidate"] == "s8s8_qdq" and metrics["decision"] == "int8"
+
+
+@pytest.mark.parametrize("needed, built", [(1, [1]), (3, [1, 8, 4, 2, 3]), (8, [1, 8, 4, 6, 7]), (None, [1, 8])])
+def test_fp32_nodes_search_tries_one_then_all_then_bisects(needed, built):
+    """The fewest most-sensitive nodes kept in fp32 that meet the budget, in at most 2 + log2(8) builds: the model
+    here meets it once its ``needed`` most sensitive nodes are fp32 (None: never)."""
+    job = object.__new__(QuantizationJob)
+    job.cfg = QuantizeConfig(max_fp32_nodes=8)
+    ranking = [{"node": f"n{i}", "alone_noise": 10.0 - i, "alone_output_sqnr_db": 5.0, "share_of_drop": 0.1,
+                "alone_val_drop_points": 1.0} for i in range(10)]
+    job.sensitivity = lambda variant, method: ranking
+
+    def evaluate(variant, method, fp32_nodes):
+        meets = needed is not None and len(fp32_nodes) >= needed
+        accuracy = 0.9 if meets else 0.5 + 0.01 * len(fp32_nodes)
+        return {"variant": variant, "method": method, "fp32_nodes": dict(fp32_nodes), "val_accuracy": accuracy,
+                "val_drop_points": 100 * (0.9 - accuracy), "within_budget": meets}
+
+    job.evaluate = evaluate
+    variant = Variant("u8s8_qdq", "static", "qdq", "uint8", "int8")
+    start = {"variant": variant, "method": "minmax", "fp32_nodes": {}, "val_accuracy": 0.4, "val_drop_points": 50.0,
+             "within_budget": False}
+    attempts, skipped = [], []
+    best = job.keep_fewest_fp32(variant, start, {}, attempts, skipped)
+    assert [len(attempt["fp32_nodes"]) for attempt in attempts] == built and not skipped
+    if needed is None:  # nothing meets the budget: the most accurate attempt, all 8 nodes kept
+        assert not best["within_budget"] and list(best["fp32_nodes"]) == [f"n{i}" for i in range(8)]
+        return
+    assert best["within_budget"] and list(best["fp32_nodes"]) == [f"n{i}" for i in range(needed)]
+    assert attempts[0]["step"] == "keep n0 in fp32"
+    assert best["fp32_nodes"]["n0"].startswith("#1 most sensitive")
+    assert best["fp32_nodes"]["n0"].endswith("moved the val drop from 50.00 to 0.00 points")
 
 
 def test_guard_keeps_excluded_node_fp32_through_onnxruntime_optimizations(sensitive_onnx_path, digits, tmp_path):
