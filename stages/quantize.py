@@ -491,40 +491,34 @@ class QuantizationJob:
                              f"{row['alone_output_sqnr_db']:.1f} dB, {100 * row['share_of_drop']:.0f}% of the single-node "
                              f"error, and costs {row['alone_val_drop_points']:+.2f} val points")
                for rank, row in enumerate(order, 1)}
-        start_drop, tried = best["val_drop_points"], {}
+        start_drop, tried = best["val_drop_points"], []
 
-        def keep(count: int) -> dict | None:
+        def within(count: int) -> bool:
+            """Build and score the model with the ``count`` most sensitive nodes in fp32; is it within budget?"""
             nodes = [row["node"] for row in order[:count]]
             step = f"keep {nodes[0]} in fp32" if count == 1 else f"keep the {count} most sensitive nodes in fp32"
             try:
                 attempt = self.evaluate(variant, method, {**fixed, **{node: why[node] for node in nodes}})
             except CompressError as exc:
                 skipped.append({"candidate": variant.name, "step": step, "reason": str(exc)})
-                return None
+                return False
             moved = (f"; keeping {'it' if count == 1 else f'these {count}'} fp32 moved the val drop from "
                      f"{start_drop:.2f} to {attempt['val_drop_points']:.2f} points")
             attempt["fp32_nodes"] = {**fixed, **{node: why[node] + moved for node in nodes}}
             attempt["step"] = step
             attempts.append(attempt)
-            tried[count] = attempt
-            return attempt
-
-        def within(count: int) -> bool:
-            attempt = tried[count] if count in tried else keep(count)
-            return attempt is not None and attempt["within_budget"]
+            tried.append(attempt)
+            return attempt["within_budget"]
 
         if order and not within(1) and len(order) > 1 and within(len(order)):
             over, meets = 1, len(order)
             while meets - over > 1:
                 middle = (over + meets) // 2
                 over, meets = (over, middle) if within(middle) else (middle, meets)
-        for attempt in tried.values():
-            if attempt["within_budget"] and (not best["within_budget"] or
-                                             len(attempt["fp32_nodes"]) < len(best["fp32_nodes"])):
-                best = attempt
-            elif not best["within_budget"] and attempt["val_accuracy"] > best["val_accuracy"] + 1e-12:
-                best = attempt
-        return best
+        meeting = [attempt for attempt in tried if attempt["within_budget"]]
+        if meeting:
+            return min(meeting, key=lambda attempt: len(attempt["fp32_nodes"]))
+        return max([best, *tried], key=lambda attempt: attempt["val_accuracy"])  # ties: the earliest
 
     def search_the_fast(self, results: list[dict]) -> tuple[list[dict], list[dict]]:
         """Auto mode: the accuracy-aware search for candidates over budget at their first build, fastest first

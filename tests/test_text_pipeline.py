@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from compress.cli import main  # noqa: E402
 from compress.config import load_config  # noqa: E402
 from compress.pipeline import RESULT_KEYS, run_pipeline  # noqa: E402
 
@@ -241,10 +243,6 @@ def test_per_stage_cli_with_a_save_pretrained_teacher(tmp_path, tiny_data):
     common = ["--data", str(csv_path), *sets]
 
     def compress(*args):  # in this process: six interpreters importing torch and transformers cost ~25 s
-        from click.testing import CliRunner
-
-        from compress.cli import main
-
         done = CliRunner().invoke(main, list(args))
         assert done.exit_code == 0 and "Traceback" not in done.output, done.output[-2000:]
         return done
