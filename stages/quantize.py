@@ -31,6 +31,7 @@ from onnx import TensorProto
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 from tqdm import tqdm
 
+from compress import histogram_calibration as hc
 from compress import quant_analysis as qa
 from compress import text_run
 from compress.data import Dataset
@@ -322,6 +323,7 @@ class QuantizationJob:
         self._val_accuracy: dict[Path, float] = {}
         self._timed: tuple[dict[str, Path], dict[str, float]] | None = None  # auto: the last interleaved timing
         self._sensitivity: dict[tuple, list[dict]] = {}
+        self._histograms: hc.SharedHistogramCollector | None = None  # percentile + entropy, from one pass
         self.left_float: dict[str, list[str]] = {}  # per variant: nodes onnxruntime's quantizer left in float
 
     # --- what to build ---------------------------------------------------------------------------
@@ -373,13 +375,16 @@ class QuantizationJob:
                              "CalibStridedMinMax": calibration_stride(len(self.calibration), cfg.calibration_chunk)}
                     if method == "percentile":
                         extra["CalibPercentile"] = cfg.percentile
+                    cache = self.tmp / f"calibration_{method}.json"
+                    if method in hc.SHARED_METHODS and not cache.exists() and hc.shareable(self.source_model):
+                        hc.write_cache(self.histograms(), method, cache)
                     quantize_static(
                         str(self.source), str(path), self.reader(self.calibration), quant_format=FORMATS[variant.format],
                         op_types_to_quantize=cfg.op_types or None, per_channel=cfg.per_channel,
                         reduce_range=cfg.reduce_range, activation_type=TYPES[variant.activation_type],
                         weight_type=TYPES[variant.weight_type], nodes_to_quantize=only, nodes_to_exclude=exclude,
                         calibrate_method=METHODS[method], extra_options=extra,
-                        calibration_cache_path=str(self.tmp / f"calibration_{method}.json"))
+                        calibration_cache_path=str(cache))
                     float_nodes = list(exclude) if only is None else [
                         n.name for n in self.source_model.graph.node if n.name not in only]
                     if float_nodes:
@@ -414,6 +419,15 @@ class QuantizationJob:
                                "keep that node in fp32 with quantize.nodes_to_exclude") from exc
         self._built[key] = path
         return path
+
+    def histograms(self) -> hc.SharedHistogramCollector:
+        """The calibration samples' activation histograms that both percentile and entropy ranges come from
+        (collected once: the histograms are most of a calibration's time)."""
+        if self._histograms is None:
+            self._histograms = hc.collect(self.source, self.reader(self.calibration),
+                                          calibration_stride(len(self.calibration), self.cfg.calibration_chunk),
+                                          self.cfg.op_types or None, self.cfg.percentile)
+        return self._histograms
 
     def reader(self, x: np.ndarray) -> CalibrationReader:
         return CalibrationReader(x, self.input_name, 1 if self.fixed_batch else CALIBRATION_BATCH)
