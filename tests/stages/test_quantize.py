@@ -144,9 +144,11 @@ def qa_metadata(model: onnx.ModelProto) -> dict:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def test_int8_accuracy_close_to_fp32_with_the_pipeline_defaults(cnn_onnx_path, digits, tmp_path):
-    """Issue 3's requirement, with the default config (auto mode, accuracy-aware, per-layer report)."""
-    result = run(QuantizeConfig(calibration_samples=64, measure_seconds=0.05), {"model": cnn_onnx_path}, digits, tmp_path)
+def test_int8_accuracy_close_to_fp32_with_the_default_format_and_search(cnn_onnx_path, digits, tmp_path):
+    """Issue 3's requirement: the default static format (U8S8 QDQ) with the default calibration (256 samples),
+    accuracy-aware search and per-layer report. Static mode, because auto mode skips the search for a candidate
+    no faster than fp32, and on this 0.76-MMAC CNN int8 and fp32 time the same within noise."""
+    result = run(QuantizeConfig(mode="static", measure_seconds=0.05), {"model": cnn_onnx_path}, digits, tmp_path)
     metrics = result.metrics
     assert result.outputs["int8"].is_file() and metrics["within_budget"]
     assert metrics["val_drop_points"] <= 0.5
