@@ -45,6 +45,7 @@ from compress.fsutil import write_json, write_text  # noqa: E402
 from compress.report import markdown_table  # noqa: E402
 from compress.text_data import tfidf_baseline, tokenizer_of  # noqa: E402
 from compress.text_models import distill_text, make_student, text_train_config  # noqa: E402
+from compress.text_windows import encode_windows, one_window_per_text, text_probabilities  # noqa: E402
 from compress.train import predict_logits, seed_everything  # noqa: E402
 
 PACKAGED = ROOT / "compress" / "weights" / "bbc-news_bert4x256_seed0" / "teacher.safetensors"
@@ -103,31 +104,12 @@ def _runs(args, seed: int, data, windows: "Windows", val: Split, record) -> None
 
 
 class Windows:
-    """Every article of a split as windows of ``max_length`` tokens ([CLS] + body slice + [SEP]), in order."""
+    """Every article of each split as its windows of ``max_length`` tokens (compress.text_windows)."""
 
     def __init__(self, data):
         self.data = data
-        self.length = data.train.x.shape[-1]
         tokenizer = tokenizer_of(data)
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        self.tokenizer = tokenizer
-        self.cls, self.sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-        self.split = {name: self.encode(getattr(data, name).texts) for name in ("train", "val", "test")}
-
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (R, 3, max_length) int64, article index of each row)."""
-        body_length = self.length - 2
-        rows, owners = [], []
-        for index, encoding in enumerate(self.tokenizer.encode_batch(texts)):
-            body = [token for token, special in zip(encoding.ids, encoding.special_tokens_mask) if not special]
-            for start in range(0, max(len(body), 1), body_length):
-                ids = [self.cls, *body[start:start + body_length], self.sep]
-                row = np.zeros((3, self.length), np.int64)
-                row[0, :len(ids)], row[1, :len(ids)] = ids, 1
-                rows.append(row)
-                owners.append(index)
-        return np.stack(rows), np.asarray(owners)
+        self.split = {name: encode_windows(tokenizer, getattr(data, name).texts) for name in ("train", "val", "test")}
 
     def all_rows(self, name: str = "train") -> Split:
         x, owners = self.split[name]
@@ -137,9 +119,7 @@ class Windows:
         """``draws`` independent draws of one window per train article, concatenated."""
         x, owners = self.split["train"]
         rng = np.random.default_rng(seed)
-        starts = np.searchsorted(owners, np.arange(len(self.data.train)))
-        counts = np.bincount(owners, minlength=len(self.data.train))
-        picks = np.concatenate([starts + rng.integers(0, counts) for _ in range(draws)])
+        picks = np.concatenate([one_window_per_text(owners, rng) for _ in range(draws)])
         return Split(x[picks], self.data.train.y[owners[picks]])
 
     def scores(self, model) -> dict:
@@ -147,13 +127,11 @@ class Windows:
         out = {}
         for name in ("val", "test"):
             x, owners = self.split[name]
-            probabilities = torch.softmax(torch.from_numpy(predict_logits(model, x, 64)), -1).numpy()
-            position = np.arange(len(owners)) - np.searchsorted(owners, owners)  # window number within its article
+            split = getattr(self.data, name)
+            logits = predict_logits(model, x, 64)
             for k in WINDOW_COUNTS:
-                keep = position < k if k else np.ones(len(owners), bool)
-                summed = np.zeros((len(getattr(self.data, name)), probabilities.shape[1]))
-                np.add.at(summed, owners[keep], probabilities[keep])
-                out[f"{name}_{k or 'all'}"] = float((summed.argmax(1) == getattr(self.data, name).y).mean())
+                predicted = text_probabilities(logits, owners, len(split), k).argmax(1)
+                out[f"{name}_{k or 'all'}"] = float((predicted == split.y).mean())
         out["test_windows_per_article"] = round(len(self.split["test"][1]) / len(self.data.test), 2)
         return out
 
