@@ -5,7 +5,7 @@ close the gap to TF-IDF on whole texts?
 
 The packaged teacher was fine-tuned on each article's first 128 tokens only (test articles have a median of
 444 WordPiece tokens). Each article here is split into windows of ``max_length - 2`` body tokens, each with its
-own [CLS]/[SEP]; an article's prediction is the mean of its windows' softmax probabilities over its first K
+own [CLS]/[SEP] (compress.text_windows); an article's prediction is the mean of its windows' softmax probabilities over its first K
 windows (K = 1, 2, 4, all). Runs, each scored on val and test at every K:
 
 - ``packaged``: the packaged teacher as it is;
@@ -17,9 +17,10 @@ windows (K = 1, 2, 4, all). Runs, each scored on val and test at every K:
 - ``student``: the default 2-layer student (layers 0 and 2 of the ``all_windows`` teacher), distilled from it
   with Hinton KD on one random window per article and epoch, as ``random_window``.
 
-Model selection in training (the epoch ``fit`` keeps, the start included) uses every validation window scored on
-its own: on first windows alone no fine-tuned epoch beat the packaged teacher, so the fine-tunes were undone. Results: benchmarks/results/
-text_windows.{json,md} (rows are added per run; the table is rewritten from all rows).
+Model selection in training (the epoch ``fit`` keeps, the start included) uses every validation window scored
+on its own: on first windows alone no fine-tuned epoch beat the packaged teacher, so the fine-tunes were undone.
+Results: benchmarks/results/text_windows.{json,md} (rows are added per run; the table is rewritten from all
+rows).
 """
 from __future__ import annotations
 
