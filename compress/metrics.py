@@ -35,6 +35,12 @@ def _script_module_stats(model: torch.jit.ScriptModule, input_shape: tuple[int, 
     return {"params": sum(p.numel() for p in model.parameters()), "macs": int(macs)}
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of (N, classes) logits, row by row."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     predictions = logits.argmax(axis=1)
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)

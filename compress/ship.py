@@ -27,6 +27,7 @@ from compress.errors import CompressError
 from compress.fsutil import check_out_folder, private_tempdir, sha256, staging_dir, working_directory, write_json
 from compress.lazy_data import is_lazy, resize_and_crop
 from compress.manifest import manifest_problem
+from compress.metrics import softmax
 from compress.onnxutil import load_onnx, metadata
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "compress-bundle", 1
@@ -429,7 +430,7 @@ def write_samples(data: Dataset, spec: dict, onnx_session, ort_session, out_dir:
         array = pixels[0] if spec["channels"] == 1 else pixels.transpose(1, 2, 0)
         Image.fromarray(array, mode="L" if spec["channels"] == 1 else "RGB").save(out_dir / name)
         x = preprocess_image(out_dir / name, spec)
-        probs = _softmax(_logits(onnx_session, x))[0]
+        probs = softmax(_logits(onnx_session, x))[0]
         if int(probs.argmax()) != int(data.test.y[index]) or int(_logits(ort_session, x).argmax()) != int(probs.argmax()):
             (out_dir / name).unlink()
             return False
@@ -487,11 +488,6 @@ def _run_metrics(manifest: dict, name: str) -> dict:
     if teacher:
         metrics["teacher"] = {key: teacher[key] for key in ("accuracy", "p50_ms", "size_bytes") if key in teacher}
     return metrics
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _safe(label: str) -> str:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from compress.errors import CompressError
 from compress.fsutil import sha256, staging_dir, write_json
+from compress.metrics import softmax
 from compress.onnxutil import load_onnx, metadata
 from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, bundle_session, convert_to_ort
 from compress.text_data import load_tokenizer
@@ -128,8 +129,7 @@ def _samples(texts: list[str], labels, onnx_out: np.ndarray, ort_out: np.ndarray
     """Known texts for the apps' self-test: one per class first, only those both models get right (or agree on,
     without labels), with the expected label and probability."""
     predicted = onnx_out.argmax(1)
-    shifted = np.exp(onnx_out - onnx_out.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    probs = softmax(onnx_out)
     good = [i for i in range(len(texts)) if predicted[i] == ort_out[i].argmax() and
             (labels is None or predicted[i] == int(labels[i]))]
     order = [next((i for i in good if predicted[i] == label), None) for label in range(len(classes))]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.metrics import softmax
+
 
 def encode_windows(tokenizer, texts: list[str], max_windows: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(rows, owners): int64 (R, 3, max_length) input_ids, attention_mask, token_type_ids of every window of
@@ -30,8 +32,7 @@ def window_positions(owners: np.ndarray) -> np.ndarray:
 
 def text_probabilities(logits: np.ndarray, owners: np.ndarray, texts: int, max_windows: int = 0) -> np.ndarray:
     """(texts, classes): the mean softmax of each text's windows (its first ``max_windows`` when > 0)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    probabilities = softmax(logits)
     keep = window_positions(owners) < max_windows if max_windows else np.ones(len(owners), bool)
     summed = np.zeros((texts, logits.shape[1]))
     np.add.at(summed, owners[keep], probabilities[keep])
