@@ -16,10 +16,10 @@ DATA_HELP = "Dataset: mnist, digits, an image folder (one subfolder per class) o
 
 
 DEVICE_HELP = ("Where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Sets every training "
-               "stage's train.device (and, for text, text_train/text_finetune.device); ONNX files and checkpoints "
+               "stage's train.device (and, for text, text_train/text_windows_train/text_finetune.device); ONNX files and checkpoints "
                "always come from CPU fp32 weights.")
 DEVICE_KEYS = ("teacher.train.device", "distill.train.device", "prune.finetune.device",
-               "teacher.text_train.device", "distill.text_train.device", "prune.text_finetune.device")
+               "teacher.text_train.device", "teacher.text_windows_train.device", "distill.text_train.device", "prune.text_finetune.device")
 
 
 def _config(config_path, overrides, data=None, device=None):

@@ -41,7 +41,8 @@ class DataConfig:
     # Text sources (bbc-news, .csv/.tsv/.jsonl files, folders of .txt files); see compress.text_data.
     text_column: str = "text"  # .csv/.tsv/.jsonl: the column holding the text
     label_column: str = "label"  # .csv/.tsv/.jsonl: the column holding the class name
-    max_length: int = 128  # tokens per sample incl. [CLS]/[SEP]: longer texts are truncated, shorter ones padded
+    max_length: int = 128  # tokens per window incl. [CLS]/[SEP]: shorter texts are padded, longer ones split into windows
+    max_windows: int = 0  # windows of max_length tokens kept per text (0: all, the text's prediction averages them; 1: only its first max_length tokens)
     vocab_size: int = 8000  # WordPiece vocabulary trained on the train split when no tokenizer is given
     tokenizer: str = ""  # a tokenizer.json to use instead of training one (a teacher folder brings its own)
 
@@ -77,6 +78,8 @@ class DataConfig:
             raise ValueError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
         if self.vocab_size < 100:
             raise ValueError(f"data.vocab_size must be at least 100, got {self.vocab_size}")
+        if self.max_windows < 0:
+            raise ValueError(f"data.max_windows must be >= 0 (0: every window of a text), got {self.max_windows}")
 
 
 @dataclass
@@ -84,9 +87,49 @@ class Split:
     x: np.ndarray  # float32, normalized (a lazy_data.LazyImages when streamed from disk); text: int64 (N, 3, max_length) = input_ids, attention_mask, token_type_ids
     y: np.ndarray  # int64 class indices
     texts: list[str] = field(default_factory=list)  # text datasets: the raw texts x was encoded from
+    # Text: the sample (index into texts) each row of x is a window of, non-decreasing, y repeated per row;
+    # None: one row per sample. A sample's prediction is the mean softmax of its rows (compress.text_windows).
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
+        """Rows of x (windows, for text)."""
         return len(self.y)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples (texts, however many windows each has)."""
+        return len(self.y) if self.groups is None else len(self.texts)
+
+    @property
+    def sample_y(self) -> np.ndarray:
+        """One label per sample."""
+        if self.groups is None:
+            return self.y
+        return self.y[np.searchsorted(self.groups, np.arange(self.num_samples))]
+
+    def sample_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Per-row logits as one score row per sample: log of the mean softmax of its windows (argmax and softmax
+        of it give the sample's prediction and probabilities); unchanged without windows."""
+        from compress.text_windows import text_scores
+
+        return text_scores(logits, self.groups)
+
+    def first_windows(self) -> "Split":
+        """Each sample's first row only (for text, its first ``max_length`` tokens)."""
+        if self.groups is None:
+            return self
+        first = np.searchsorted(self.groups, np.arange(self.num_samples))
+        return Split(self.x[first], self.y[first], list(self.texts), np.arange(self.num_samples))
+
+    def subset(self, samples: np.ndarray) -> "Split":
+        """The given samples (in that order) with all their rows."""
+        samples = np.asarray(samples, np.int64)
+        if self.groups is None:
+            return Split(lazy_data.rows(self.x, samples), self.y[samples], [self.texts[i] for i in samples] if self.texts else [])
+        starts = np.searchsorted(self.groups, np.arange(self.num_samples + 1))
+        index = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in samples]) if len(samples) else np.zeros(0, np.int64)
+        groups = np.repeat(np.arange(len(samples)), starts[samples + 1] - starts[samples])
+        return Split(self.x[index], self.y[index], [self.texts[i] for i in samples], groups)
 
 
 @dataclass

@@ -57,9 +57,11 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, resume: bool = False, force
         torch.set_num_threads(distributed.threads_per_process(cfg.threads))
         data = teacher_data(cfg.teacher, load_dataset(cfg.data))  # text: encoded by the teacher's own tokenizer
         identity = data_identity(cfg.data)
-        manifest["data"] = {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
-                            "classes": data.class_names, "preprocessing": data.preprocessing(),
-                            "content": identity["content"]}
+        manifest["data"] = {"name": data.name, "train": data.train.num_samples, "val": data.val.num_samples,
+                            "test": data.test.num_samples, "classes": data.class_names,
+                            "preprocessing": data.preprocessing(), "content": identity["content"]}
+        if data.test.groups is not None:  # text in windows: rows of the splits, as the stages see them
+            manifest["data"]["windows"] = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
 
         def stage(name: str, inputs: dict[str, Path]) -> dict[str, Path]:
             spec, stage_cfg = STAGES[name], getattr(cfg, name)

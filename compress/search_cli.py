@@ -94,10 +94,10 @@ def run(load: Callable[[list[str]], object], out_dir: Path, budgets: list[str], 
                 from compress.text_onnx import onnx_logits
 
                 encoded = text_run.with_tokenizer_of(data, path)  # the ids this model was trained on
-                logits = onnx_logits(session, text_run.samples(encoded.val))
+                logits = encoded.val.sample_logits(onnx_logits(session, text_run.samples(encoded.val)))
             else:
                 logits = predict(session, data.val.x)
-            val_sessions[key] = float((logits.argmax(axis=1) == data.val.y).mean())
+            val_sessions[key] = float((logits.argmax(axis=1) == data.val.sample_y).mean())
         return val_sessions[key]
 
     def candidate(structure, epochs: int):

@@ -140,12 +140,12 @@ def _ship_text(cfg: BundleConfig, manifest: dict, run_dir: Path, out_dir: Path, 
     except (KeyError, TypeError, ValueError) as exc:
         raise CompressError(f"the run's manifest has no usable data config ({exc}): rerun the pipeline") from exc
     data = load_text_dataset(data_cfg, tokenizer=tokenizer)
-    bundle = ship_text_bundle(source, tokenizer, out_dir, data.test.texts, data.test.y, cfg, artifact=name,
+    bundle = ship_text_bundle(source, tokenizer, out_dir, data.test.texts, data.test.sample_y, cfg, artifact=name,
                               metrics=_run_metrics(manifest, name), force=force)
     _check_recorded_accuracy(bundle["verification"]["onnx_accuracy"], manifest["results"][name]["accuracy"],
-                             len(data.test), name)
+                             data.test.num_samples, name)
     bundle["chosen_by_pipeline"] = chosen
-    bundle["verification"].update(test_samples=len(data.test), samples_verified=len(bundle["samples"]))
+    bundle["verification"].update(test_samples=data.test.num_samples, samples_verified=len(bundle["samples"]))
     return bundle
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from compress.data import IMAGE_SUFFIXES, DataConfig, Dataset, Split, stratified_split
 from compress.errors import CompressError, first_line
+from compress.text_windows import encode_windows
 
 BUILTIN_TEXT = ("bbc-news",)
 TEXT_FILE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
@@ -79,8 +80,11 @@ def encode_dataset(data: Dataset, tokenizer) -> Dataset:
     tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     max_length = data.config.max_length if data.config else data.train.x.shape[-1]
     configured = configure_tokenizer(tokenizer, max_length)
-    splits = [Split(encode(configured, split.texts, max_length), split.y, split.texts)
-              for split in (data.train, data.val, data.test)]
+    max_windows = data.config.max_windows if data.config else 0
+    splits = []
+    for split in (data.train, data.val, data.test):
+        x, groups = encode_windows(configured, split.texts, max_windows)
+        splits.append(Split(x.reshape(-1, 3, max_length), split.sample_y[groups], split.texts, groups))
     return dataclasses.replace(data, train=splits[0], val=splits[1], test=splits[2], kind="text",
                                tokenizer_json=configured.to_str())
 
@@ -365,6 +369,12 @@ def text_preprocessing(data: Dataset) -> dict:
                        "direction": truncation.get("direction")},
         "padding": {"to": "max_length", "direction": padding.get("direction"), "pad_token": padding.get("pad_token"),
                     "pad_id": padding.get("pad_id")},
+        "windows": {"max_windows": data.config.max_windows if data.config else 0, "stride": 0,
+                    "combine": "mean_softmax",
+                    "how": "a text longer than max_length tokens is cut into consecutive windows of max_length - 2 "
+                           "word pieces, each framed [CLS] ... [SEP] and padded like the first (the tokenizer's "
+                           "overflowing encodings, stride 0); the model runs on each of the first max_windows windows "
+                           "(0: all) and the text's probabilities are the mean of their softmax"},
         "lowercase": bool(normalizer.get("lowercase", False)),
         "vocab_size": len((tokenizer.get("model") or {}).get("vocab") or {}),
         "tokenizer_sha256": hashlib.sha256(data.tokenizer_json.encode()).hexdigest() if data.tokenizer_json else "",
@@ -372,11 +382,15 @@ def text_preprocessing(data: Dataset) -> dict:
 
 
 def model_input_texts(data: Dataset, texts: list[str]) -> list[str]:
-    """Each text cut to the part the model sees: up to the last character its truncated encoding covers."""
+    """Each text cut to the part the model sees: up to the last character its kept windows cover (the whole text
+    unless data.max_windows limits them)."""
     encodings = tokenizer_of(data).encode_batch(texts)
+    max_windows = data.config.max_windows if data.config else 0
     cut = []
     for text, encoding in zip(texts, encodings):
-        ends = [end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+        windows = [encoding, *encoding.overflowing][:max_windows or None]
+        ends = [end for window in windows
+                for (start, end), special in zip(window.offsets, window.special_tokens_mask) if not special]
         cut.append(text[:max(ends, default=0)])
     return cut
 
@@ -396,8 +410,8 @@ def tfidf_baseline(data: Dataset, seed: int = 0, model_input: bool = False) -> d
     vectorizer = TfidfVectorizer(ngram_range=(1, 1), min_df=2, sublinear_tf=True)
     features = vectorizer.fit_transform(train_texts)
     classifier = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
-    classifier.fit(features, data.train.y)
+    classifier.fit(features, data.train.sample_y)
     probabilities = classifier.predict_proba(vectorizer.transform(test_texts))
-    logits = np.full((len(data.test), data.num_classes), -np.inf)
+    logits = np.full((data.test.num_samples, data.num_classes), -np.inf)
     logits[:, classifier.classes_] = probabilities
-    return classification_metrics(logits, data.test.y)
+    return classification_metrics(logits, data.test.sample_y)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +68,11 @@ class BertShape:
             raise ValueError(f"hidden size {self.hidden} is not a multiple of the head count {self.heads}")
 
 
-def text_train_config(epochs: int = 4, lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> TrainConfig:
+def text_train_config(epochs: int = 4, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
+                      windows_per_text: int = 1) -> TrainConfig:
     """Fine-tuning settings for text: AdamW, linear warm-up and decay, no image augmentation."""
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=0.01,
-                       schedule="linear", augment=False, grad_clip=1.0, seed=seed)
+                       schedule="linear", augment=False, grad_clip=1.0, seed=seed, windows_per_text=windows_per_text)
 
 
 class TextClassifier(nn.Module):
@@ -244,23 +245,32 @@ def build_teacher(data: Dataset, shape: BertShape | None = None, seed: int = 0) 
 
 
 def train_teacher(data: Dataset, shape: BertShape | None = None, train: TrainConfig | None = None,
-                  mlm_epochs: int = 0, mlm_lr: float = 5e-4) -> tuple[TextClassifier, TrainResult]:
-    """A BERT-style teacher fine-tuned on the train split, after ``mlm_epochs`` of masked-LM pre-training
-    on the train texts when > 0."""
+                  mlm_epochs: int = 0, mlm_lr: float = 5e-4,
+                  windows_train: TrainConfig | None = None) -> tuple[TextClassifier, TrainResult]:
+    """A BERT-style teacher: ``mlm_epochs`` of masked-LM pre-training (when > 0) and the ``train`` fine-tune, both
+    on each train text's first window, then, when texts run past one window, the ``windows_train`` fine-tune on
+    their windows (``windows_train.windows_per_text``; None or 0 epochs: none). From scratch, one random window
+    per text and epoch learned far slower than first windows then all windows (docs/text.md)."""
     from compress.distillation import train_supervised
 
     train = train or text_train_config()
+    first = replace(data, train=data.train.first_windows(), val=data.val.first_windows(),
+                                test=data.test.first_windows())
     model = build_teacher(data, shape, train.seed)
     if mlm_epochs:
-        pretrain_mlm(model, data, mlm_epochs, mlm_lr, train.batch_size, train.seed)
-    result = train_supervised(model, data, train, "teacher")
+        pretrain_mlm(model, first, mlm_epochs, mlm_lr, train.batch_size, train.seed)
+    result = train_supervised(model, first, train, "teacher")
+    if windows_train is not None and windows_train.epochs and len(data.train) > data.train.num_samples:
+        windows = train_supervised(model, data, windows_train, "teacher windows")
+        result = replace(windows, history=result.history + windows.history,
+                                     wall_s=result.wall_s + windows.wall_s)
     return model.eval(), result
 
 
 def pretrain_mlm(model: TextClassifier, data: Dataset, epochs: int, lr: float, batch_size: int = 32,
                  seed: int = 0, mask_share: float = 0.15) -> list[float]:
-    """BERT's masked-LM objective (15% of tokens: 80% [MASK], 10% random, 10% kept) on the train split,
-    trained into ``model``'s encoder in place. Returns the mean loss per epoch."""
+    """BERT's masked-LM objective (15% of tokens: 80% [MASK], 10% random, 10% kept) on every row of the train
+    split, trained into ``model``'s encoder in place. Returns the mean loss per epoch."""
     from transformers import AutoModelForMaskedLM
 
     vocab = _vocab(data)
@@ -492,11 +502,3 @@ def _attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Ten
     pair_mask = (mask[:, :, None] * mask[:, None, :])[:, None]
     squared = (student - teacher).pow(2) * pair_mask
     return squared.sum() / (pair_mask.sum() * student.shape[1]).clamp(min=1)
-
-
-def predict_texts(model: TextClassifier, data: Dataset, texts: list[str]) -> np.ndarray:
-    """Logits for raw texts, tokenized as ``data`` was."""
-    from compress.text_data import encode_texts
-    from compress.train import predict_logits
-
-    return predict_logits(model, encode_texts(data, texts), batch_size=64)

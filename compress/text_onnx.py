@@ -29,6 +29,7 @@ from compress.metrics import classification_metrics
 from compress.onnx_export import write_metadata
 from compress.onnxutil import load_onnx, make_session
 from compress.text_data import load_tokenizer  # the one tokenizer loader
+from compress.text_windows import text_scores
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
@@ -112,6 +113,20 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, pad_to_max: bool 
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
 
+def encode_text_windows(tokenizer, texts: list[str], max_length: int, max_windows: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(samples, groups): every window of ``max_length`` tokens of each text (its first ``max_windows`` when > 0),
+    padded to ``max_length``, as ``encode_texts`` arrays, and the index of each row's text (compress.text_windows)."""
+    from compress.text_data import configure_tokenizer
+    from compress.text_windows import encode_windows
+
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    if not texts:
+        raise CompressError("no texts to encode: give at least one")
+    rows, groups = encode_windows(configure_tokenizer(tokenizer, max_length), [str(t) for t in texts], max_windows)
+    return {name: np.ascontiguousarray(rows[:, i]) for i, name in enumerate(TEXT_INPUTS)}, groups
+
+
 def take(samples: dict[str, np.ndarray], count: int | None = None, start: int = 0) -> dict[str, np.ndarray]:
     """The rows ``start:start + count`` of every array."""
     stop = None if count is None else start + count
@@ -153,7 +168,8 @@ def _check_samples(samples: dict[str, np.ndarray], names: list[str], what: str) 
 # --- export, parity, optimization --------------------------------------------------------------------
 def export_text_model(model: torch.nn.Module, path: Path, samples: dict[str, np.ndarray], cfg: TextExportConfig,
                       class_labels: list[str], max_length: int, tokenizer_path: Path | None = None,
-                      run_info: dict | None = None, attention: tuple[int, int] | None = None) -> dict:
+                      run_info: dict | None = None, attention: tuple[int, int] | None = None,
+                      max_windows: int = 0) -> dict:
     """Export ``model`` to ``path`` (fp32, optimized unless cfg.optimize is off), checked and verified against
     PyTorch on ``samples``; returns the parity of each step and the fused-operator report."""
     model.eval()
@@ -183,7 +199,7 @@ def export_text_model(model: torch.nn.Module, path: Path, samples: dict[str, np.
             report["optimized_parity"] = _parity(expected, final, parity_set, cfg.rtol, cfg.min_agreement,
                                                  "the optimized ONNX model")
         onnx_model = onnx.load(str(final))
-        set_text_metadata(onnx_model, class_labels, max_length, names, tokenizer_path, run_info or {})
+        set_text_metadata(onnx_model, class_labels, max_length, names, tokenizer_path, run_info or {}, max_windows)
         with atomic_path(path) as out:
             onnx.save(onnx_model, str(out))
             onnx.checker.check_model(str(out))
@@ -191,8 +207,11 @@ def export_text_model(model: torch.nn.Module, path: Path, samples: dict[str, np.
 
 
 def set_text_metadata(model: onnx.ModelProto, class_labels: list[str], max_length: int, input_names: list[str],
-                      tokenizer_path: Path | None, run_info: dict) -> None:
+                      tokenizer_path: Path | None, run_info: dict, max_windows: int = 0) -> None:
+    """``max_windows``: how many windows of ``max_length`` tokens an app scores per text (0: all), averaging their
+    softmax (compress.text_windows)."""
     props = {"task": "text-classification", "class_labels": [str(c) for c in class_labels], "max_length": int(max_length),
+             "max_windows": int(max_windows), "windows": "mean_softmax",
              "input_names": list(input_names), "tokenizer_sha256": sha256(tokenizer_path) if tokenizer_path else None,
              "producer": run_info}
     write_metadata(model, props)
@@ -427,11 +446,12 @@ def _build(name: str, source: Path, output: Path, calibration: dict, names: list
 
 def choose_text_candidate(fp32_path: Path, candidates: dict[str, Path], val: dict[str, np.ndarray],
                           val_labels: np.ndarray, max_accuracy_drop: float, target: Target = Target(),
-                          seq_length: int = 128, measure_seconds: float = 0.6) -> dict:
+                          seq_length: int = 128, measure_seconds: float = 0.6, val_groups: np.ndarray | None = None) -> dict:
     """Auto mode for text: each candidate's validation accuracy and batch-1 p50 at ``seq_length`` (timed
     interleaved with fp32 by the shared harness); the fastest within ``max_accuracy_drop`` points wins, and
-    fp32 when none within budget is faster."""
-    fp32_accuracy = classification_metrics(onnx_logits(make_session(fp32_path), val), val_labels)["accuracy"]
+    fp32 when none within budget is faster. ``val_groups``: the text of each row of ``val`` when texts have
+    several windows (``val_labels`` then has one label per text)."""
+    fp32_accuracy = evaluate_text_model(fp32_path, val, val_labels, val_groups, threads=1)["accuracy"]
     paths = {"fp32": Path(fp32_path), **candidates}
     feed = latency_feed(make_session(fp32_path), val, seq_length)
     rounds = 6
@@ -441,7 +461,7 @@ def choose_text_candidate(fp32_path: Path, candidates: dict[str, Path], val: dic
     rows = [{"candidate": "fp32", "val_accuracy": fp32_accuracy, "val_drop_points": 0.0, "p50_ms": p50["fp32"],
              "speedup": 1.0, "within_budget": True}]
     for name, path in candidates.items():
-        accuracy = classification_metrics(onnx_logits(make_session(path), val), val_labels)["accuracy"]
+        accuracy = evaluate_text_model(path, val, val_labels, val_groups, threads=1)["accuracy"]
         drop = 100 * (fp32_accuracy - accuracy)
         rows.append({"candidate": name, "val_accuracy": accuracy, "val_drop_points": drop, "p50_ms": p50[name],
                      "speedup": p50["fp32"] / p50[name], "within_budget": drop <= max_accuracy_drop + 1e-9})
@@ -576,21 +596,26 @@ def _param_count(model: onnx.ModelProto, initializers: dict) -> int:
     return total
 
 
-def evaluate_text_model(path: Path, samples: dict[str, np.ndarray], labels: np.ndarray) -> dict:
-    """Accuracy and macro precision/recall/F1 on tokenized samples."""
-    return classification_metrics(onnx_logits(make_session(path, threads=0), samples), np.asarray(labels))
+def evaluate_text_model(path: Path, samples: dict[str, np.ndarray], labels: np.ndarray,
+                        groups: np.ndarray | None = None, threads: int = 0) -> dict:
+    """Accuracy and macro precision/recall/F1 on tokenized samples; with ``groups`` (the text of each row) per
+    text, from the mean softmax of its windows, and ``labels`` one per text."""
+    logits = text_scores(onnx_logits(make_session(path, threads=threads), samples), groups)
+    return classification_metrics(logits, np.asarray(labels))
 
 
 def benchmark_text_model(path: Path, test: dict[str, np.ndarray], labels: np.ndarray,
                          seq_lengths: tuple[int, ...] = (32, 128, 256), headline_seq: int = 128,
-                         target: Target = Target(), rules: TimingRules = TimingRules()) -> dict:
-    """The text table's row of one model: accuracy, macro P/R/F1, p50/p90/p99 at ``headline_seq`` (batch 1),
-    latency per sequence length, throughput, size_bytes, params and MACs at ``headline_seq``."""
+                         target: Target = Target(), rules: TimingRules = TimingRules(),
+                         groups: np.ndarray | None = None) -> dict:
+    """The text table's row of one model: accuracy, macro P/R/F1 (per text, see evaluate_text_model),
+    p50/p90/p99 of one window at ``headline_seq`` (batch 1), latency per sequence length, throughput,
+    size_bytes, params and MACs at ``headline_seq``."""
     if headline_seq not in seq_lengths:
         raise CompressError(f"the headline sequence length {headline_seq} must be one of {list(seq_lengths)}")
     timing = text_latency(path, test, seq_lengths, target, rules, throughput_seq=headline_seq)
     headline = timing["latency_by_seq"][headline_seq]
-    return {**evaluate_text_model(path, test, labels),
+    return {**evaluate_text_model(path, test, labels, groups), "accuracy_samples": len(labels),
             **{key: headline[key] for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")},
             **text_model_stats(path, headline_seq), "seq_length": headline_seq,
             "throughput_sps": timing["throughput_sps"],

@@ -19,7 +19,8 @@ from compress.metrics import softmax
 from compress.onnxutil import load_onnx, metadata
 from compress.ship import BUNDLE_FORMAT, BUNDLE_VERSION, BundleConfig, bundle_session, convert_to_ort
 from compress.text_data import load_tokenizer
-from compress.text_onnx import copy_tokenizer, encode_texts, onnx_logits
+from compress.text_onnx import copy_tokenizer, encode_text_windows, onnx_logits
+from compress.text_windows import text_scores
 
 TASK = "text-classification"
 
@@ -47,13 +48,16 @@ def ship_text_bundle(model_path: Path, tokenizer_path: Path, out_dir: Path, text
         names = [i.name for i in onnx_session.get_inputs()]
         if names != spec["input_names"]:
             raise CompressError(f"{model_path} takes inputs {names} but its metadata says {spec['input_names']}; re-export it")
-        encoded = encode_texts(load_tokenizer(tmp / "tokenizer.json"), list(texts), spec["max_length"])
-        onnx_out, ort_out = onnx_logits(onnx_session, encoded), onnx_logits(ort_session, encoded)
+        encoded, groups = encode_text_windows(load_tokenizer(tmp / "tokenizer.json"), list(texts), spec["max_length"],
+                                              spec["max_windows"])
+        # one row per text: the log of its windows' mean softmax, as the apps compute it
+        onnx_out = text_scores(onnx_logits(onnx_session, encoded), groups)
+        ort_out = text_scores(onnx_logits(ort_session, encoded), groups)
         differ = int((onnx_out.argmax(1) != ort_out.argmax(1)).sum())
         if differ:
             raise CompressError(f"the .ort model predicts differently from the .onnx model on {differ} of {len(texts)} "
                                 "texts: try optimization_style=runtime or another onnxruntime version")
-        verification = {"texts": len(texts), "ort_onnx_top1_agreement": 1.0,
+        verification = {"texts": len(texts), "windows": len(groups), "ort_onnx_top1_agreement": 1.0,
                         "ort_onnx_max_abs_diff": float(np.abs(onnx_out - ort_out).max()), "threads": cfg.threads,
                         "onnxruntime": ort.__version__}
         if labels is not None:
@@ -66,16 +70,24 @@ def ship_text_bundle(model_path: Path, tokenizer_path: Path, out_dir: Path, text
             "artifact": artifact,
             "models": {"onnx": "model.onnx", "ort": ort_name, "required_operators": config_name},
             "input": {"kind": "text", "names": names, "dtype": "int64", "shape": ["batch", "sequence"],
-                      "max_length": spec["max_length"]},
+                      "max_length": spec["max_length"], "max_windows": spec["max_windows"]},
             "output": {"name": onnx_session.get_outputs()[0].name, "shape": ["batch", len(spec["classes"])],
-                       "kind": "logits", "postprocessing": "probabilities = softmax(logits)"},
+                       "kind": "logits",
+                       "postprocessing": "probabilities = mean over the text's windows of softmax(logits)"},
             "classes": spec["classes"],
             "tokenizer": tokenizer_info,
             "preprocessing": {"tokenizer": "tokenizer.json", "max_length": spec["max_length"],
-                              "truncation": f"word pieces beyond {spec['max_length'] - 2} are dropped, then "
-                                            "[CLS] ... [SEP] added",
-                              "padding": "none for one text; a batch is padded to its longest text with [PAD], "
-                                         "attention_mask 0 there",
+                              "max_windows": spec["max_windows"],
+                              "windows": (f"the word pieces are cut into consecutive windows of {spec['max_length'] - 2}, "
+                                          "each framed [CLS] ... [SEP] (the tokenizer's overflowing encodings, stride 0); "
+                                          + ("all windows are scored" if not spec["max_windows"] else
+                                             f"the first {spec['max_windows']} are scored, the rest dropped")
+                                          + " and their softmax averaged"),
+                              "truncation": ("none: a text longer than one window gets more windows"
+                                             if not spec["max_windows"] else
+                                             f"word pieces beyond the first {spec['max_windows']} windows are dropped"),
+                              "padding": "a text's windows run as one batch, padded to its longest window (the last "
+                                         "may be short) with [PAD], attention_mask 0 there",
                               "token_type_ids": "all 0 (one segment)"},
             "metrics": dict(metrics or {}),
             "verification": verification,
@@ -99,7 +111,9 @@ def _text_spec(props: dict, source: Path) -> dict:
     if props.get("task") != TASK or not isinstance(classes, list) or not isinstance(max_length, int) or not names:
         raise CompressError(f"{source} lacks the task/class_labels/max_length/input_names metadata that "
                             "compress.text_onnx.export_text_model writes: re-export it with compress")
-    return {"classes": [str(c) for c in classes], "max_length": max_length, "input_names": list(names)}
+    max_windows = props.get("max_windows", 1)  # models exported before windows saw only the first window
+    return {"classes": [str(c) for c in classes], "max_length": max_length, "input_names": list(names),
+            "max_windows": int(max_windows) if isinstance(max_windows, int) else 1}
 
 
 def describe_tokenizer(path: Path) -> dict:

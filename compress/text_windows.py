@@ -42,8 +42,31 @@ def text_probabilities(logits: np.ndarray, owners: np.ndarray, texts: int, max_w
     return summed / counts[:, None]
 
 
+def text_scores(logits: np.ndarray, owners: np.ndarray | None) -> np.ndarray:
+    """Per-window logits as one score row per text, the log of its windows' mean softmax (so argmax and softmax
+    give the text's prediction and probabilities); ``owners`` None: one row per text, returned as it is."""
+    if owners is None:
+        return logits
+    texts = int(owners.max()) + 1 if len(owners) else 0
+    return np.log(np.maximum(text_probabilities(logits, owners, texts), 1e-30))
+
+
 def one_window_per_text(owners: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Row indices of one uniformly drawn window per text, in text order (an epoch's draw)."""
     texts = int(owners.max()) + 1 if len(owners) else 0
     starts = np.searchsorted(owners, np.arange(texts))
     return starts + rng.integers(0, np.bincount(owners, minlength=texts))
+
+
+def draw_windows(owners: np.ndarray, per_text: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted row indices of ``per_text`` windows drawn without replacement from each text (all of a text's
+    windows when it has fewer; ``per_text`` 0: every row): an epoch's training rows."""
+    if per_text == 0:
+        return np.arange(len(owners))
+    if per_text == 1:
+        return one_window_per_text(owners, rng)
+    keys = rng.random(len(owners))
+    order = np.lexsort((keys, owners))  # each text's rows in a random order
+    rank = np.empty(len(owners), np.int64)
+    rank[order] = window_positions(owners[order])
+    return np.flatnonzero(rank < per_text)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda or cuda:N; files are always written from CPU fp32 weights
     precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 and GPUs) or fp16 (autocast + gradient scaler; CUDA only)
     channels_last: bool = False  # NHWC memory layout for image models and batches (faster convolutions on GPUs)
+    windows_per_text: int = 1  # texts split into several windows: windows drawn per text and epoch, at random (0: every window)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"train.seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
+        if self.windows_per_text < 0:
+            raise ValueError(f"train.windows_per_text must be >= 0 (0: every window), got {self.windows_per_text}")
 
 
 def resolve_device(name: str, precision: str = "fp32") -> torch.device:
@@ -188,7 +191,7 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn: LossFn, desc
     moved to the training device. Under torchrun the trainable modules are wrapped in DDP, each
     process takes ``batch_size / N`` samples of every step's batch, and metrics are summed over processes."""
     started = time.perf_counter()
-    loop = _make_loop([model, *extra_modules], frozen_modules, len(data.train), cfg)
+    loop = _make_loop([model, *extra_modules], frozen_modules, len(epoch_rows(data.train, cfg, 1)), cfg)
     if loop.ctx.is_main and (loop.device.type != "cpu" or loop.autocast is not None):
         tqdm.write(f"{desc}: training on {loop.device} in {cfg.precision}")
     store = _store(checkpoint_dir, desc)
@@ -257,12 +260,23 @@ def _resume(state: dict, loop: _Loop, store: _Store, cfg: TrainConfig, desc: str
                      state["best_epoch"], state["best_states"])
 
 
+def epoch_rows(train: Split, cfg: TrainConfig, epoch: int) -> np.ndarray:
+    """The train rows of one epoch: all of them, or for texts in several windows ``cfg.windows_per_text`` windows
+    of each text drawn from the seed and epoch (the same on every process, and as many in every epoch)."""
+    if train.groups is None:
+        return np.arange(len(train))
+    from compress.text_windows import draw_windows
+
+    return draw_windows(train.groups, cfg.windows_per_text, np.random.default_rng([cfg.seed, epoch]))
+
+
 def _train_epoch(loop: _Loop, train: Split, cfg: TrainConfig, loss_fn: LossFn, desc: str, epoch: int,
                  workers: int = 0) -> float:
     """One pass over the train split; returns the mean loss over all processes."""
     for module in loop.modules:
         module.train()
-    order = distributed.epoch_indices(len(train), cfg.seed, epoch, loop.ctx)
+    drawn = epoch_rows(train, cfg, epoch)
+    order = drawn[distributed.epoch_indices(len(drawn), cfg.seed, epoch, loop.ctx)]
     generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, loop.ctx.rank))
     total_loss, seen = 0.0, 0
     progress = tqdm(range(loop.steps_per_epoch), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
@@ -473,7 +487,8 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np
 
 
 def evaluate(model: nn.Module, split: Split) -> float:
-    return float((predict_logits(model, split.x).argmax(1) == split.y).mean())
+    """Accuracy per sample (a text's windows averaged)."""
+    return float((split.sample_logits(predict_logits(model, split.x)).argmax(1) == split.sample_y).mean())
 
 
 def improves(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
@@ -485,11 +500,16 @@ def improves(accuracy: float, loss: float, best_accuracy: float, best_loss: floa
 
 
 def _validate(model: nn.Module, split: Split, ctx: distributed.Context) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy on ``split``, each rank taking every world_size-th sample."""
-    x, y = rows(split.x, slice(ctx.rank, None, ctx.world_size)), split.y[ctx.rank::ctx.world_size]
+    """Accuracy and mean cross-entropy on ``split``, each rank taking every world_size-th sample (a text with
+    all its windows)."""
+    if split.groups is None:
+        x, y = rows(split.x, slice(ctx.rank, None, ctx.world_size)), split.y[ctx.rank::ctx.world_size]
+    else:
+        split = split.subset(np.arange(ctx.rank, split.num_samples, ctx.world_size))
+        x, y = split.x, split.sample_y
     correct, loss_sum = 0, 0.0
     if len(y):
-        logits = predict_logits(model, x)
+        logits = split.sample_logits(predict_logits(model, x))
         correct = int((logits.argmax(1) == y).sum())
         loss_sum = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long(),
                                                      reduction="sum"))

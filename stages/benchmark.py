@@ -755,8 +755,9 @@ def run_text(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset, out_d
     results = {}
     for name, path in tqdm(inputs.items(), desc="benchmark", unit="model", disable=None):
         names = [i.name for i in make_session(Path(path)).get_inputs()]
-        results[name] = {**benchmark_text_model(Path(path), text_run.samples(data.test, names), data.test.y,
-                                                tuple(cfg.seq_lengths), cfg.headline_seq, target, rules),
+        results[name] = {**benchmark_text_model(Path(path), text_run.samples(data.test, names), data.test.sample_y,
+                                                tuple(cfg.seq_lengths), cfg.headline_seq, target, rules,
+                                                groups=data.test.groups),
                          "path": str(path), "provider": target.provider, "threads": cfg.threads}
     baseline = tfidf_baseline(data)
     baseline_model_input = tfidf_baseline(data, model_input=True)
@@ -764,8 +765,9 @@ def run_text(cfg: BenchmarkConfig, inputs: dict[str, Path], data: Dataset, out_d
     document = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command, "environment": environment(), "config": asdict(cfg),
-        "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "kind": "text",
-                    "max_length": int(data.test.x.shape[-1])},
+        "dataset": {"name": data.name, "split": "test", "samples": data.test.num_samples, "kind": "text",
+                    "windows": len(data.test), "max_length": int(data.test.x.shape[-1]),
+                    "max_windows": data.config.max_windows if data.config else 0},
         "results": results, "tfidf_baseline": baseline, "tfidf_baseline_model_input": baseline_model_input,
     }
     write_json(outputs["benchmark_json"], document)
@@ -781,14 +783,18 @@ def text_benchmark_markdown(document: dict) -> str:
              *(f"{r['latency_by_seq'][str(n)]['p50_ms']:.3f}" for n in lengths), f"{r['throughput_sps']:.0f}",
              f"{r['size_bytes'] / 1024:.1f}", f"{r['params']:,}", f"{r['macs'] / 1e6:.2f}"]
             for name, r in results.items()]
+    dataset = document["dataset"]
+    max_windows, length = dataset.get("max_windows", 1), dataset.get("max_length")
+    seen = "every window" if max_windows == 0 else f"first {max_windows * (length - 2)} word pieces"
     for label, key in (("TF-IDF + LR (whole texts)", "tfidf_baseline"),
-                       (f"TF-IDF + LR (the models' input: first {document['dataset'].get('max_length')} tokens)",
-                        "tfidf_baseline_model_input")):
+                       (f"TF-IDF + LR (the models' input: {seen})", "tfidf_baseline_model_input")):
         if key in document:
             rows.append([label, _pct(document[key]["accuracy"]), _pct(document[key]["f1_macro"]),
                          *("-" for _ in lengths), "-", "-", "-", "-"])
     headers = ["model", "accuracy", "F1 macro", *(f"p50 ms @{n}" for n in lengths), "throughput/s", "size KB",
                "params", f"MMACs @{cfg['headline_seq']}"]
     return "\n".join([f"# Text benchmark ({document['dataset']['name']}, {document['dataset']['samples']} test samples)", "",
-                      f"Batch 1, {cfg['provider']}, {cfg['threads']} intra-op thread(s); throughput at batch 8 x "
+                      f"Accuracy per text: the mean softmax of its windows of {length} tokens "
+                      f"({dataset.get('windows', dataset['samples'])} windows). Latency of one window at batch 1, "
+                      f"{cfg['provider']}, {cfg['threads']} intra-op thread(s); throughput (windows/s) at batch 8 x "
                       f"{cfg['headline_seq']} tokens.", "", markdown_table(headers, rows)])

@@ -55,7 +55,8 @@ def run_text(cfg: ExportConfig, inputs: dict[str, Path], data: Dataset, out_dir:
         model = load_model(model_path)
         check_inputs(model, data)
         report = export_text_model(model, onnx_path, text_run.export_inputs(model, data), text_cfg, data.class_names,
-                                   data.train.x.shape[-1], tokenizer_path, info)
+                                   data.train.x.shape[-1], tokenizer_path, info,
+                                   max_windows=data.config.max_windows if data.config else 0)
         fusion = report.get("fusion", {})
         metrics[name] = {**report, "fused_operators": fusion.get("fused_operators", {}),
                          "attention_fused": bool(fusion.get("attention_fused", False))}

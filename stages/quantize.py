@@ -883,18 +883,18 @@ def run_text(cfg: QuantizeConfig, inputs: dict[str, Path], data: Dataset, out_di
     output = out_dir / f"{name}.onnx"
     with private_tempdir("quantize") as tmp:
         built = build_text_candidates(model_path, calibration, Path(tmp), text_cfg)
-        choice = choose_text_candidate(model_path, built, text_run.samples(data.val, names), data.val.y,
+        choice = choose_text_candidate(model_path, built, text_run.samples(data.val, names), data.val.sample_y,
                                        cfg.max_accuracy_drop if cfg.accuracy_aware else float("inf"), target,
-                                       seq_length=128, measure_seconds=cfg.measure_seconds)
+                                       seq_length=128, measure_seconds=cfg.measure_seconds, val_groups=data.val.groups)
         chosen = built.get(choice["chosen"], model_path)
         sizes = {n: path.stat().st_size for n, path in built.items()}
         with atomic_path(output) as out:
             shutil.copyfile(chosen, out)
     test = text_run.samples(data.test, names)
-    fp32_logits = onnx_logits(make_session(model_path), test)
-    chosen_logits = onnx_logits(make_session(output), test)
-    fp32_metrics = classification_metrics(fp32_logits, data.test.y)
-    chosen_metrics = classification_metrics(chosen_logits, data.test.y)
+    fp32_logits = data.test.sample_logits(onnx_logits(make_session(model_path), test))  # one row per text
+    chosen_logits = data.test.sample_logits(onnx_logits(make_session(output), test))
+    fp32_metrics = classification_metrics(fp32_logits, data.test.sample_y)
+    chosen_metrics = classification_metrics(chosen_logits, data.test.sample_y)
     metrics = {"mode": cfg.mode, "decision": choice["decision"], "decision_reason": choice["reason"],
                "candidate": choice["chosen"], "candidates": choice["candidates"], "candidate_bytes": sizes,
                "format": {"dynamic_int8": "QOperator (dynamic)", "static_u8s8_qdq": "qdq",

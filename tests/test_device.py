@@ -48,9 +48,9 @@ def test_device_sets_every_training_section_image_and_text():
     from compress.cli import _config
 
     cfg = _config(None, [], device="cpu")
-    trains = (cfg.teacher.train, cfg.distill.train, cfg.prune.finetune, cfg.teacher.text_train, cfg.distill.text_train,
-              cfg.prune.text_finetune)
-    assert [t.device for t in trains] == ["cpu"] * 6
+    trains = (cfg.teacher.train, cfg.distill.train, cfg.prune.finetune, cfg.teacher.text_train,
+              cfg.teacher.text_windows_train, cfg.distill.text_train, cfg.prune.text_finetune)
+    assert [t.device for t in trains] == ["cpu"] * 7
 
 
 def test_device_and_precision_values_are_checked():

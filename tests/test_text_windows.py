@@ -5,8 +5,16 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
+from compress.data import Split  # noqa: E402
 from compress.text_data import configure_tokenizer, encode  # noqa: E402
-from compress.text_windows import encode_windows, one_window_per_text, text_probabilities, window_positions  # noqa: E402
+from compress.text_windows import (  # noqa: E402
+    draw_windows,
+    encode_windows,
+    one_window_per_text,
+    text_probabilities,
+    text_scores,
+    window_positions,
+)
 from tests.text_helpers import corpus, train_tokenizer  # noqa: E402
 
 MAX_LENGTH = 16
@@ -62,3 +70,32 @@ def test_one_window_per_text_draws_each_texts_own_windows_reproducibly():
     assert np.array_equal(*draws) and owners[draws[0]].tolist() == [0, 1, 2]
     seen = {int(i) for _ in range(50) for i in one_window_per_text(owners, np.random.default_rng(_))}
     assert seen == set(range(len(owners)))  # every window can be drawn
+
+
+def test_draw_windows_takes_per_text_distinct_windows_of_each_text():
+    owners = np.array([0, 0, 0, 1, 2, 2])
+    assert draw_windows(owners, 0, np.random.default_rng(0)).tolist() == list(range(6))
+    two = draw_windows(owners, 2, np.random.default_rng(3))
+    assert np.array_equal(two, np.sort(two)) and np.bincount(owners[two]).tolist() == [2, 1, 2]
+    assert np.array_equal(two, draw_windows(owners, 2, np.random.default_rng(3)))
+    assert {tuple(draw_windows(owners, 2, np.random.default_rng(s))[:2]) for s in range(40)} == {(0, 1), (0, 2), (1, 2)}
+
+
+def test_split_scores_and_subsets_per_sample():
+    x = np.arange(6)[:, None, None] * np.ones((1, 3, 4), np.int64)
+    split = Split(x, np.array([1, 1, 1, 0, 2, 2]), ["long", "short", "middle"], np.array([0, 0, 0, 1, 2, 2]))
+    assert len(split) == 6 and split.num_samples == 3 and split.sample_y.tolist() == [1, 0, 2]
+    logits = np.log(np.array([[0.1, 0.5, 0.4], [0.1, 0.5, 0.4], [0.8, 0.1, 0.1], [0.9, 0.05, 0.05],
+                              [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]))
+    scores = split.sample_logits(logits)
+    assert scores.shape == (3, 3) and scores.argmax(1).tolist() == [1, 0, 2]  # text 0: mean softmax, not its first window
+    assert np.allclose(np.exp(scores).sum(1), 1)
+    assert np.array_equal(text_scores(logits, None), logits)
+    part = split.subset(np.array([2, 0]))
+    assert part.texts == ["middle", "long"] and part.groups.tolist() == [0, 0, 1, 1, 1]
+    assert part.x[:, 0, 0].tolist() == [4, 5, 0, 1, 2] and part.sample_y.tolist() == [2, 1]
+    first = split.first_windows()
+    assert first.x[:, 0, 0].tolist() == [0, 3, 4] and first.y.tolist() == [1, 0, 2] and first.groups.tolist() == [0, 1, 2]
+    rows = Split(x, np.arange(6), [])
+    assert rows.first_windows() is rows
+    assert rows.num_samples == 6 and rows.subset(np.array([5, 1])).y.tolist() == [5, 1]

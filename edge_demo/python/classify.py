@@ -254,21 +254,29 @@ class TextBundle(CheckedBundle):
             self.tokenizer = Tokenizer.from_file(str(self.folder / self.info["tokenizer"]["file"]))
         except Exception as exc:  # tokenizers raises a plain Exception for malformed files
             raise BundleError(f"cannot read the bundle's tokenizer: {str(exc).splitlines()[0]}") from exc
+        # truncation with stride 0 keeps the rest of a long text as overflowing windows, each framed [CLS] ... [SEP]
+        self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(int(self.info["input"]["max_length"]))
+        self.max_windows = int(self.info["input"].get("max_windows", 1))  # 0: every window
         pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        self.pad_id = 0 if pad_id is None else pad_id
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Raw texts -> int64 [N, L] arrays, as model.json's preprocessing says (padded to the longest text)."""
-        encodings = self.tokenizer.encode_batch(list(texts))
-        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-                   "token_type_ids": [e.type_ids for e in encodings]}
+    def encode(self, text: str) -> dict[str, np.ndarray]:
+        """One raw text -> int64 [W, L] arrays, one row per window as model.json's preprocessing says (a shorter
+        last window padded with [PAD], attention_mask 0 there)."""
+        encoding = self.tokenizer.encode(text)
+        windows = [encoding, *encoding.overflowing][:self.max_windows or None]
+        length = max(len(w.ids) for w in windows)
+        columns = {"input_ids": [w.ids + [self.pad_id] * (length - len(w.ids)) for w in windows],
+                   "attention_mask": [w.attention_mask + [0] * (length - len(w.ids)) for w in windows],
+                   "token_type_ids": [w.type_ids + [0] * (length - len(w.ids)) for w in windows]}
         return {name: np.array(columns[name], dtype=np.int64) for name in self.input_names}
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """The text's probabilities (the mean softmax of its windows) and the time it took."""
         started = time.perf_counter()
         logits = self.session.run(None, feed)[0]
-        return softmax(logits), 1000 * (time.perf_counter() - started)
+        return softmax(logits).mean(axis=0), 1000 * (time.perf_counter() - started)
 
 
 def is_text_bundle(folder: Path) -> bool:
@@ -278,11 +286,12 @@ def is_text_bundle(folder: Path) -> bool:
 def classify_texts(bundle: TextBundle, texts: list[str], top_k: int) -> list[dict]:
     results = []
     for text in texts:
-        feed = bundle.encode([text])
+        feed = bundle.encode(text)
         probs, elapsed = bundle.run(feed)
-        order = np.argsort(-probs[0])[:top_k]
-        results.append({"text": text, "tokens": int(feed["input_ids"].shape[1]),
-                        "top": [{"label": bundle.classes[i], "probability": float(probs[0, i])} for i in order],
+        order = np.argsort(-probs)[:top_k]
+        results.append({"text": text, "tokens": int(feed["attention_mask"].sum() if "attention_mask" in feed else feed["input_ids"].size),
+                        "windows": len(feed["input_ids"]),
+                        "top": [{"label": bundle.classes[i], "probability": float(probs[i])} for i in order],
                         "inference_ms": elapsed})
     return results
 
@@ -320,7 +329,7 @@ def text_main(args: argparse.Namespace) -> int:
             correct += check["ok"]
         report["self_test"] = {"correct": correct, "total": len(checks), "results": checks}
     if args.bench:
-        feed = bundle.encode([results[0]["text"] if results else bundle.info["samples"][0]["text"]])
+        feed = bundle.encode(results[0]["text"] if results else bundle.info["samples"][0]["text"])
         for _ in range(WARMUP_RUNS):
             bundle.run(feed)
         report["bench"] = {"warmup_runs": WARMUP_RUNS, **percentiles([bundle.run(feed)[1] for _ in range(args.bench)])}
@@ -331,12 +340,12 @@ def text_main(args: argparse.Namespace) -> int:
               f"{report['session_load_ms']:.1f} ms")
         for result in results:
             top = "  ".join(f"{t['label']} {100 * t['probability']:5.1f}%" for t in result["top"])
-            print(f"{result['text'][:60]!r}: {top}  ({result['tokens']} tokens, {result['inference_ms']:.3f} ms)")
+            print(f"{result['text'][:60]!r}: {top}  ({result['tokens']} tokens in {result['windows']} window(s), {result['inference_ms']:.3f} ms)")
         if "self_test" in report:
             print(f"self-test: {correct}/{report['self_test']['total']} known samples correct")
         if report["bench"]:
             b = report["bench"]
-            print(f"bench: {b['runs']} runs at batch 1: p50 {b['p50_ms']:.3f} ms, p90 {b['p90_ms']:.3f} ms")
+            print(f"bench: {b['runs']} runs of one text (all its windows): p50 {b['p50_ms']:.3f} ms, p90 {b['p90_ms']:.3f} ms")
     return 1 if args.self_test and correct != report["self_test"]["total"] else 0
 
 

@@ -431,27 +431,47 @@ function encodeText(text) {
   return tokenizer.encode(text, { maxLength: info.input.max_length });
 }
 
-function textFeeds(encoding) {
-  const columns = { input_ids: encoding.inputIds, attention_mask: encoding.attentionMask,
-    token_type_ids: encoding.tokenTypeIds };
+// Every window of the text (model.json's max_windows; bundles made before windows score the first only).
+function encodeTextWindows(text) {
+  const maxWindows = info.input.max_windows ?? 1;
+  return tokenizer.encodeWindows(text, { maxLength: info.input.max_length, maxWindows });
+}
+
+// One [windows, length] feed per input name.
+function textFeeds(windows) {
   const feeds = {};
   for (const name of info.input.names) {
-    feeds[name] = new ort.Tensor("int64", BigInt64Array.from(columns[name], (v) => BigInt(v)), [1, columns[name].length]);
+    const key = { input_ids: "inputIds", attention_mask: "attentionMask", token_type_ids: "tokenTypeIds" }[name];
+    const values = windows.flatMap((w) => w[key]);
+    feeds[name] = new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)),
+      [windows.length, windows[0][key].length]);
   }
   return feeds;
 }
 
+// The text's probabilities: the mean softmax of its windows' logits.
+function meanSoftmax(logits, windows) {
+  const classes = logits.length / windows;
+  const mean = new Array(classes).fill(0);
+  for (let w = 0; w < windows; w++) {
+    softmax(logits.slice(w * classes, (w + 1) * classes)).forEach((p, i) => { mean[i] += p / windows; });
+  }
+  return mean;
+}
+
 async function predictText(text, source) {
-  const encoding = encodeText(text);
-  const { logits, ms } = await infer(textFeeds(encoding));
-  const probs = softmax(logits);
+  const windows = encodeTextWindows(text);
+  const { logits, ms } = await infer(textFeeds(windows));
+  const probs = meanSoftmax(logits, windows.length);
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
   const best = order[0][1];
   const result = { source, text, label: info.classes[best], index: best, probabilities: probs, logits, ms,
-    inputIds: encoding.inputIds };
+    windows: windows.length, inputIds: windows[0].inputIds };
   state.lastResult = result;
   showPrediction(result, order, source);
-  $("#tokens").textContent = `${encoding.tokens.length} tokens: ${encoding.tokens.join(" ")}`;
+  const tokens = windows.flatMap((w) => w.tokens.filter((t) => t !== "[PAD]"));
+  $("#tokens").textContent = `${windows.length} window${windows.length > 1 ? "s" : ""}, ${tokens.length} tokens: ` +
+    tokens.join(" ");
   showLatency(ms);
   return result;
 }
@@ -460,8 +480,9 @@ async function textSelfTest() {
   const samples = info.samples || [];
   let correct = 0;
   for (const sample of samples) {
-    const { logits } = await infer(textFeeds(encodeText(sample.text)));
-    correct += info.classes[logits.indexOf(Math.max(...logits))] === sample.label;
+    const windows = encodeTextWindows(sample.text);
+    const probs = meanSoftmax((await infer(textFeeds(windows))).logits, windows.length);
+    correct += info.classes[probs.indexOf(Math.max(...probs))] === sample.label;
   }
   state.selfTest = { correct, total: samples.length };
   const line = $("#text-selftest");
@@ -492,18 +513,19 @@ async function textMain() {
   const m = info.metrics || {};
   const size = (info.files[modelName].bytes / 1024).toFixed(1);
   const accuracy = m.accuracy !== undefined ? `, test accuracy ${(100 * m.accuracy).toFixed(2)}%` : "";
-  $("#model-info").textContent = `${info.artifact} text model (${modelName}, ${size} KB): up to ` +
-    `${info.input.max_length} tokens, ${info.classes.length} classes${accuracy}`;
+  $("#model-info").textContent = `${info.artifact} text model (${modelName}, ${size} KB): ` +
+    `windows of ${info.input.max_length} tokens (${info.input.max_windows ? `the first ${info.input.max_windows}` : "all"} averaged), ${info.classes.length} classes${accuracy}`;
   $("#footer").textContent = `onnxruntime-web ${ort.env.versions.web} (WebAssembly, ${THREADS} thread${THREADS > 1 ? "s" : ""}); ` +
     `tokenizer: wordpiece.js reading the bundle's tokenizer.json`;
   state.tokenize = (text) => encodeText(text);
+  state.tokenizeWindows = (text) => encodeTextWindows(text);
   state.WordPieceTokenizer = WordPieceTokenizer;  // for tests of other tokenizer.json files
   state.classifyText = (text) => predictText(text, "api");
   setUpTextBox();
   await textSelfTest();
   const samples = info.samples || [];
   if (samples.length) {
-    state.bench = await benchmark(textFeeds(encodeText(samples[0].text)));
+    state.bench = await benchmark(textFeeds(encodeTextWindows(samples[0].text)));
     await predictText(samples[0].text, "sample:0");
   }
   state.ready = true;

@@ -134,7 +134,26 @@ export class WordPieceTokenizer {
   // {tokens, inputIds, attentionMask, tokenTypeIds}: at most maxLength ids, padded to padTo when given.
   encode(text, { maxLength = 128, padTo = 0 } = {}) {
     if (maxLength < 2) throw new TokenizerError(`maxLength must be at least 2, got ${maxLength}`);
-    const pieces = this.tokenize(String(text)).slice(0, maxLength - 2);
+    return this.frame(this.tokenize(String(text)).slice(0, maxLength - 2), padTo);
+  }
+
+  // A long text as the tokenizers library's overflowing encodings with stride 0: consecutive windows of
+  // maxLength - 2 pieces, each framed [CLS] ... [SEP]; the first maxWindows of them (0: all), all padded to the
+  // first (the longest), or to padTo when longer, so that they run as one batch.
+  encodeWindows(text, { maxLength = 128, maxWindows = 0, padTo = 0 } = {}) {
+    if (maxLength < 3) throw new TokenizerError(`maxLength must be at least 3 to hold a window, got ${maxLength}`);
+    const pieces = this.tokenize(String(text));
+    const size = maxLength - 2;
+    const longest = Math.max(padTo, Math.min(pieces.length, size) + 2);
+    const windows = [];
+    for (let start = 0; start === 0 || start < pieces.length; start += size) {
+      if (maxWindows && windows.length === maxWindows) break;
+      windows.push(this.frame(pieces.slice(start, start + size), longest));
+    }
+    return windows;
+  }
+
+  frame(pieces, padTo) {
     const tokens = ["[CLS]", ...pieces, "[SEP]"];
     const inputIds = tokens.map((t) => this.idOf(t));
     const attentionMask = inputIds.map(() => 1);
