@@ -1,11 +1,13 @@
-"""Issue 17's benchmark: on the built-in mnist default, `compress search --budget p50_ms=X` with X = half the
-default pipeline's int8 p50 must find a model that meets the budget, in <= 30 minutes on 2 cores.
+"""Issue 17's benchmark: `compress search --budget p50_ms=X` with X = half the int8 p50 of a finished default
+pipeline run on the same data must find a model that meets the budget, in <= 30 minutes on 2 cores.
 
     compress pipeline --out runs/default             # the reference (once)
-    python benchmarks/search_mnist.py --run runs/default --out runs/search_mnist
+    python benchmarks/search_budget.py --run runs/default --out runs/search_mnist
+    python benchmarks/search_budget.py --data bbc-news --run runs/text --out runs/search_text \
+        --set 'search.text_layers=[1, 2]' --set 'search.text_hidden=[128, 256]' --set 'search.text_ffn=[512]'
 
 Runs the search as a user would (a subprocess of the CLI, with --reference so search.md shows the default
-int8 beside the winner), then writes benchmarks/results/search_mnist.{json,md}: the command, the budget, the
+int8 beside the winner), then writes benchmarks/results/search_<data>.{json,md}: the command, the budget, the
 winner against the default int8, whether the budget was met, the wall time and the machine. Extra
 ``--set KEY=VALUE`` arguments go to the search (e.g. a smaller space for a smoke run)."""
 from __future__ import annotations
@@ -30,14 +32,17 @@ LIMIT_S = 30 * 60  # the issue's time limit on 2 cores
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/default"), help="The default pipeline's run folder.")
+    parser.add_argument("--data", default="mnist", help="The data source (the reference run's).")
     parser.add_argument("--out", type=Path, default=Path("runs/search_mnist"), help="The search folder.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Passed to compress search.")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="Where search_mnist.{json,md} go.")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Where search_<data>.{json,md} go.")
     args = parser.parse_args()
+    name = f"search_{Path(args.data).stem.replace('-', '_')}"
     reference = json.loads((args.run / "manifest.json").read_text())["results"]["int8"]
     budget = reference["p50_ms"] / 2
     command = [sys.executable, "-m", "compress", "search", "--out", str(args.out), "--budget", f"p50_ms={budget:.6f}",
-               "--reference", str(args.run), *[a for o in args.overrides for a in ("--set", o)]]
+               "--reference", str(args.run), *(["--data", args.data] if args.data != "mnist" else []),
+               *[a for o in args.overrides for a in ("--set", o)]]
     shown = shlex.join(["compress", *command[3:]])
     print(f"$ {shown}", flush=True)
     started = time.perf_counter()
@@ -51,13 +56,13 @@ def main() -> int:
               "message": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "",
               "candidates": len(state.get("candidates", {})), "environment": environment()}
     args.results.mkdir(parents=True, exist_ok=True)
-    kept = args.results / "search_mnist"  # the search's own report and plot, committed beside these results
+    kept = args.results / name  # the search's own report and plot, committed beside these results
     kept.mkdir(exist_ok=True)
-    for name in ("search.md", "search.json", "pareto.png"):
-        if (args.out / name).is_file():
-            shutil.copyfile(args.out / name, kept / name)
-    (args.results / "search_mnist.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    lines = ["# compress search on mnist: half the default int8 p50", "", "```", shown, "```", "",
+    for file in ("search.md", "search.json", "pareto.png"):
+        if (args.out / file).is_file():
+            shutil.copyfile(args.out / file, kept / file)
+    (args.results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    lines = [f"# compress search on {args.data}: half the default int8 p50", "", "```", shown, "```", "",
              f"Budget: p50 <= {budget:.4f} ms (half the default int8's {reference['p50_ms']:.4f} ms).", ""]
     if winner:
         lines += ["| model | test accuracy | p50 ms | KiB |", "|---|---|---|---|",
@@ -67,10 +72,10 @@ def main() -> int:
                   f"{winner['size_bytes'] / 1024:.1f} |", "",
                   f"Budget met: {'yes' if result['met'] else 'no'}; wall time {wall / 60:.1f} min "
                   f"({'within' if result['within_time_limit'] else 'over'} the 30-minute limit); "
-                  f"{result['candidates']} candidates; every one, with the Pareto plot, in [search_mnist/search.md](search_mnist/search.md)."]
+                  f"{result['candidates']} candidates; every one, with the Pareto plot, in [{name}/search.md]({name}/search.md)."]
     else:
         lines += [f"No winner (exit code {completed.returncode}): {result['message']}"]
-    (args.results / "search_mnist.md").write_text("\n".join(lines) + "\n")
+    (args.results / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if result["met"] else 1
 
