@@ -3,11 +3,12 @@ pipeline run on the same data must find a model that meets the budget, in <= 30 
 
     compress pipeline --out runs/default             # the reference (once)
     python benchmarks/search_budget.py --run runs/default --out runs/search_mnist
-    python benchmarks/search_budget.py --data bbc-news --run runs/text --out runs/search_text \
-        --set 'search.text_layers=[1, 2]' --set 'search.text_hidden=[128, 256]' --set 'search.text_ffn=[512]'
+    compress pipeline --set data.source=bbc-news --out runs/text
+    python benchmarks/search_budget.py --run runs/text --out runs/search_text --set 'search.text_layers=[1, 2]' \
+        --set 'search.text_hidden=[64, 128]' --set 'search.text_ffn=[512]' --set search.keep=2 --set search.max_epochs=3
 
-Runs the search as a user would (a subprocess of the CLI, with --reference so search.md shows the default
-int8 beside the winner), then writes benchmarks/results/search_<data>.{json,md}: the command, the budget, the
+Runs the search as a user would (a subprocess of the CLI on the reference run's data source, with --reference
+so search.md shows the default int8 beside the winner), then writes benchmarks/results/search_<data>.{json,md}: the command, the budget, the
 winner against the default int8, whether the budget was met, the wall time and the machine. Extra
 ``--set KEY=VALUE`` arguments go to the search (e.g. a smaller space for a smoke run)."""
 from __future__ import annotations
@@ -32,17 +33,16 @@ LIMIT_S = 30 * 60  # the issue's time limit on 2 cores
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/default"), help="The default pipeline's run folder.")
-    parser.add_argument("--data", default="mnist", help="The data source (the reference run's).")
     parser.add_argument("--out", type=Path, default=Path("runs/search_mnist"), help="The search folder.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Passed to compress search.")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where search_<data>.{json,md} go.")
     args = parser.parse_args()
-    name = f"search_{Path(args.data).stem.replace('-', '_')}"
-    reference = json.loads((args.run / "manifest.json").read_text())["results"]["int8"]
+    manifest = json.loads((args.run / "manifest.json").read_text())
+    source, reference = manifest["config"]["data"]["source"], manifest["results"]["int8"]
+    name = f"search_{Path(source).stem.replace('-', '_')}"
     budget = reference["p50_ms"] / 2
     command = [sys.executable, "-m", "compress", "search", "--out", str(args.out), "--budget", f"p50_ms={budget:.6f}",
-               "--reference", str(args.run), *(["--data", args.data] if args.data != "mnist" else []),
-               *[a for o in args.overrides for a in ("--set", o)]]
+               "--reference", str(args.run), "--data", source, *[a for o in args.overrides for a in ("--set", o)]]
     shown = shlex.join(["compress", *command[3:]])
     print(f"$ {shown}", flush=True)
     started = time.perf_counter()
@@ -62,7 +62,7 @@ def main() -> int:
         if (args.out / file).is_file():
             shutil.copyfile(args.out / file, kept / file)
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    lines = [f"# compress search on {args.data}: half the default int8 p50", "", "```", shown, "```", "",
+    lines = [f"# compress search on {source}: half the default int8 p50", "", "```", shown, "```", "",
              f"Budget: p50 <= {budget:.4f} ms (half the default int8's {reference['p50_ms']:.4f} ms).", ""]
     if winner:
         lines += ["| model | test accuracy | p50 ms | KiB |", "|---|---|---|---|",

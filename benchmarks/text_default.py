@@ -73,7 +73,7 @@ def main() -> None:
     data = runs[0]["data"]
     max_windows = data["preprocessing"]["windows"]["max_windows"]
     max_length = data["preprocessing"]["max_length"]
-    seen = "every window" if max_windows == 0 else f"first {max_windows * (max_length - 2)} word pieces"
+    seen = "every window" if max_windows == 0 else f"first {max_windows} window(s)"
     rows = [[label, pm(summary[key]["accuracy"]), pm(summary[key]["f1_macro"]), "-", "-"]
             for key, label in (("tfidf_lr", "TF-IDF + logistic regression, whole texts"),
                                ("tfidf_lr_model_input", f"TF-IDF + logistic regression, the models' input ({seen})"))]
@@ -87,7 +87,7 @@ def main() -> None:
         f"each text scored by the mean softmax of its windows of {max_length} tokens ({seen}; "
         f"{data['windows']['test'] / data['test']:.2f} windows per test text). p50 in ms of one window at batch 1, "
         f"seq {max_length}, one intra-op thread: an app classifying a text runs it once per window.", "",
-        markdown_table(["model", "accuracy %", "macro F1 %", "p50 ms @128", "size"], rows),
+        markdown_table(["model", "accuracy %", "macro F1 %", f"p50 ms @{max_length}", "size"], rows),
         "## Targets (issue 15)", "",
         markdown_table(["seed", "wall s", "quantize decision", *runs[0]["targets"]], checks)])
     write_text(args.out.with_suffix(".md"), text)
