@@ -159,9 +159,7 @@ def sha256(path: str | Path) -> str:
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Refuse a second process writing into the same run folder (O_EXCL lock file holding our pid). A lock
-    whose process is gone, or is no compress process (its pid was reused), is stale and taken over. A folder
-    this lock created and nothing was written to (the run failed before its first file) is removed again."""
-    created = not run_dir.exists()
+    whose process is gone, or is no compress process (its pid was reused), is stale and taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
     try:
@@ -182,8 +180,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()
 
 
 def is_compress_process(pid: int) -> bool:

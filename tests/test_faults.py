@@ -340,15 +340,6 @@ def test_out_that_is_a_file_or_under_a_file(tmp_path):
     fails(["pipeline", "--data", "digits", "--out", tmp_path / "afile"], "is a file, not a folder", tmp_path)
 
 
-def test_a_run_that_fails_on_its_data_leaves_no_empty_out_folder(tmp_path):
-    (tmp_path / "bad.csv").write_text('text,label\n"unclosed,pos\n')
-    fails(["pipeline", "--data", tmp_path / "bad.csv", "--out", tmp_path / "run"], "row 1 lacks a 'label' value",
-          tmp_path)
-    (tmp_path / "kept").mkdir()  # a folder the user made stays, empty or not
-    fails(["pipeline", "--data", tmp_path / "bad.csv", "--out", tmp_path / "kept"], "row 1 lacks a 'label' value",
-          tmp_path)
-
-
 def test_out_on_a_read_only_file_system(tmp_path, models):
     with tmpfs(tmp_path / "ro", "ro,size=64k") as disk:
         fails(["teacher", "--data", "digits", *TEACHER, "--out", disk / "t"], "is on a read-only file system")
